@@ -1,0 +1,1 @@
+"""mario-rl: reinforcement-learning agents for Super Mario Bros."""

@@ -1,0 +1,1 @@
+"""Training algorithms: PPO (plain, LSTM, RND) and A3G."""

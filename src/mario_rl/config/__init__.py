@@ -1,0 +1,1 @@
+"""Typed configuration dataclasses and the preset files shipped with the package."""

@@ -1,0 +1,1 @@
+"""Environments: stages, episode rules, reward shaping, preprocessing, vector and single envs (no torch)."""

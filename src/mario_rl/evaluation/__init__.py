@@ -1,0 +1,1 @@
+"""Evaluation: per-stage tables, whole-game runs, videos and plots."""
