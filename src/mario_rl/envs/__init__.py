@@ -1,1 +1,23 @@
 """Environments: stages, episode rules, reward shaping, preprocessing, vector and single envs (no torch)."""
+
+from .actions import ACTION_SETS, action_meanings
+from .config import EnvConfig, RewardConfig
+from .rules import COMPONENTS
+from .single import MarioEnv
+from .stages import STAGES, StageError, StageSelection, parse_stages
+from .vector import MarioVectorEnv, make_vector_env
+
+__all__ = [
+    "ACTION_SETS",
+    "COMPONENTS",
+    "STAGES",
+    "EnvConfig",
+    "MarioEnv",
+    "MarioVectorEnv",
+    "RewardConfig",
+    "StageError",
+    "StageSelection",
+    "action_meanings",
+    "make_vector_env",
+    "parse_stages",
+]

@@ -1,0 +1,110 @@
+"""The environment's options in one place: episode rules, preprocessing and reward shaping.
+
+Every default lives here and is documented here (docs/environment.md repeats them for users).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .actions import ACTION_SETS
+from .stages import parse_stages
+
+
+@dataclass
+class RewardConfig:
+    """Reward shaping. Each component is a scale; 0 switches it off.
+
+    The reward of a step is ``scale * sum(components)``; every component (already multiplied by
+    ``scale``) is reported per step in ``info["reward_components"]``.
+    """
+
+    progress: float = 1.0
+    """Reward per pixel of new maximum x in the current area (area changes reset the baseline)."""
+    progress_clip: float = 30.0
+    """Most progress pixels rewarded in one step (guards against position glitches)."""
+    flag: float = 50.0
+    """Bonus for reaching the flag (or the axe)."""
+    death: float = 50.0
+    """Penalty for losing a life."""
+    fall: float = 0.0
+    """Penalty per step while Mario is below ``fall_y`` (falling into a pit); the A3G seed uses 1."""
+    fall_y: int = 70
+    """Height under which the fall penalty applies."""
+    time: float = 0.0
+    """Penalty per agent step (a pressure to hurry)."""
+    score: float = 0.0
+    """Reward per point of in-game score gained; the uvipen seed uses 1/40."""
+    warp: float = 1.0
+    """Penalty per step above the ceiling on 1-2 and 4-2 (the warp-zone deterrent)."""
+    puzzle: float = 30.0
+    """Reward for taking 7-4's correct path sequence (the A3G seed's 'sound' reward)."""
+    wrong_path: float = 50.0
+    """Penalty for a wrong path on 4-4, 7-4 and 8-4 (zones and loop-backs); also ends the episode."""
+    scale: float = 0.1
+    """Multiplier applied to the sum of all components."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming a bad field."""
+        for name, value in vars(self).items():
+            if isinstance(value, float) and (value != value or value < 0):
+                raise ValueError(f"reward.{name} must be a number >= 0, got {value}")
+        if self.scale <= 0:
+            raise ValueError(f"reward.scale must be > 0, got {self.scale}")
+
+
+@dataclass
+class EnvConfig:
+    """Which stages, which episode rules, which observations and actions."""
+
+    stages: str = "1-1"
+    """Stage selection: '1-1', '1-1,4-2' (weights as '1-1:3'), 'all' or 'game'."""
+    actions: str = "simple"
+    """Action set: right-only (5), simple (7), complex (12) or a3g (10)."""
+    frame_skip: int = 4
+    """Emulator frames per agent step (the action is repeated)."""
+    max_pool: bool = True
+    """Observation is the pixel-wise max of the last two frames of a step (hides sprite flicker)."""
+    size: int = 84
+    """Observations are resized to size x size."""
+    crop_hud: bool = False
+    """Drop the top 32 rows (score, coins, world, time) before resizing."""
+    interpolation: str = "linear"
+    """Resize interpolation: linear (fast), area (smoother, ~10x slower) or nearest."""
+    frame_stack: int = 4
+    """Frames stacked in one observation."""
+    life_loss_ends: bool = True
+    """A lost life ends the episode (off: play on until game over)."""
+    flag_ends: bool = True
+    """Reaching the flag ends the episode (off: play on into the next stage, as the game does)."""
+    time_per_stage: int = 0
+    """In-game clock units allowed per stage before the episode is cut (the A3G seed's -tps); 0 = off."""
+    stall_steps: int = 500
+    """Cut the episode after this many agent steps without a new maximum x; 0 = off."""
+    max_steps: int = 10_000
+    """Hard cap on agent steps per episode; 0 = off."""
+    noop_max: int = 30
+    """Episodes start after 0..noop_max emulator frames of no-op (seeded); 0 = off."""
+    noop_random: bool = False
+    """Use random actions instead of no-ops for the start frames."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward shaping."""
+
+    def validate(self) -> None:
+        """Raise ValueError (a one-line message) on a bad option."""
+        parse_stages(self.stages)
+        if self.actions not in ACTION_SETS:
+            raise ValueError(
+                f"unknown action set {self.actions!r}; expected one of {', '.join(ACTION_SETS)}"
+            )
+        if self.interpolation not in ("linear", "area", "nearest"):
+            raise ValueError(
+                f"unknown interpolation {self.interpolation!r}; expected linear, area or nearest"
+            )
+        for name, low in [("frame_skip", 1), ("size", 8), ("frame_stack", 1)]:
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("time_per_stage", "stall_steps", "max_steps", "noop_max"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        self.reward.validate()

@@ -1,0 +1,224 @@
+"""One group of emulators stepped together: frame skip, observations, rules and resets.
+
+A group owns one native ``VectorNESEmulator`` (its step releases the GIL, so groups in
+different threads run in parallel). The vector env is a set of groups; the single env is a
+group of one. Both therefore give the same observations, rewards and terminations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from nes_py.vector_env import VectorNESEmulator
+
+from .actions import action_bytes
+from .config import EnvConfig
+from .rules import (
+    BUSY_STATES,
+    CHANGE_AREA_TIMER,
+    COMPONENTS,
+    GAME_MODE,
+    PLAYER_STATE,
+    PRELEVEL_TIMER,
+    STATE_DEAD,
+    Episode,
+    Outcome,
+    Rules,
+    read,
+    stage_number,
+)
+from .snapshots import rom_path, start_snapshot
+from .stages import StageSelection, parse_stages
+
+HUD_ROWS = 32
+_INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+# Bound on frames spent fast-forwarding one cut-scene, so a stuck game cannot hang a step.
+_FAST_FORWARD_LIMIT = 2000
+
+
+@dataclass
+class StepResult:
+    """Arrays for the group's envs after one step (owned by the caller)."""
+
+    obs: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    components: dict[str, np.ndarray]
+    final_obs: dict[int, np.ndarray]
+    finished: dict[int, dict]
+    """Episode stats of the envs whose episode ended this step."""
+
+
+class EmulatorGroup:
+    """``n`` emulators with the same configuration; stepped with one native call per frame."""
+
+    def __init__(self, config: EnvConfig, n: int, seeds: list[int]) -> None:
+        config.validate()
+        self.cfg = config
+        self.n = n
+        self.selection: list[StageSelection] = [parse_stages(config.stages)] * n
+        self.emu = VectorNESEmulator(rom_path(), n)
+        self.action_map = action_bytes(config.actions)
+        self.interp = _INTERP[config.interpolation]
+        self.crop = HUD_ROWS if config.crop_hud else 0
+        s = config.size
+        self.gray = np.zeros((n, 240, 256), np.uint8)
+        self.prev_gray = np.zeros((n, 240, 256), np.uint8)
+        self.stack = np.zeros((n, config.frame_stack, s, s), np.uint8)
+        self.rngs = [np.random.default_rng(seed) for seed in seeds]
+        self.episodes: list[Episode] = []
+        self.rules = [Rules(config, sel.game) for sel in self.selection]
+        self.frames = 0
+        """Emulated frames so far (including fast-forwarded cut-scenes and no-op starts)."""
+
+    # -- observations -------------------------------------------------------------------------
+    def _resize(self, gray: np.ndarray) -> np.ndarray:
+        s = self.cfg.size
+        return cv2.resize(gray[self.crop :], (s, s), interpolation=self.interp)
+
+    def _push(self, i: int, frame: np.ndarray) -> None:
+        st = self.stack[i]
+        st[:-1] = st[1:]
+        st[-1] = frame
+
+    def rgb(self, i: int) -> np.ndarray:
+        """A copy of env ``i``'s current full-colour screen (240x256x3)."""
+        return np.array(self.emu.screens[i], copy=True)
+
+    # -- episodes -----------------------------------------------------------------------------
+    def set_selection(self, i: int, selection: StageSelection) -> None:
+        """Stages env ``i`` draws from at its next reset."""
+        self.selection[i] = selection
+        self.rules[i] = Rules(self.cfg, selection.game)
+
+    def reseed(self, seeds: list[int]) -> None:
+        """New random streams for stage draws and no-op starts."""
+        self.rngs = [np.random.default_rng(seed) for seed in seeds]
+
+    def _fast_forward(self, i: int) -> None:
+        """Skip death animations, pipe/area transitions and other cut-scenes of env ``i``."""
+        ram = self.emu.rams[i]
+        for _ in range(_FAST_FORWARD_LIMIT):
+            r = read(ram.tobytes())
+            if r.lives == 0xFF:
+                return
+            if r.dying and r.state != STATE_DEAD:
+                ram[PLAYER_STATE] = STATE_DEAD
+            elif 1 < ram[CHANGE_AREA_TIMER] < 255:
+                ram[CHANGE_AREA_TIMER] = 1
+            elif not (r.state in BUSY_STATES or ram[GAME_MODE] == 2 or r.state == STATE_DEAD):
+                return
+            ram[PRELEVEL_TIMER] = 0
+            self.emu.step_one(i, 0)
+            self.frames += 1
+
+    def reset_env(self, i: int, restart: bool = True) -> None:
+        """Start a new episode in env ``i``: load its stage's start (or continue the game)."""
+        sel = self.selection[i]
+        rng = self.rngs[i]
+        if restart:
+            stage = None if sel.game else sel.sample(rng)
+            self.emu.load_state(i, start_snapshot(stage))
+            k = int(rng.integers(0, self.cfg.noop_max + 1)) if self.cfg.noop_max else 0
+            for _ in range(k):
+                a = (
+                    self.action_map[rng.integers(len(self.action_map))]
+                    if self.cfg.noop_random
+                    else 0
+                )
+                self.emu.step_one(i, a)
+            self.frames += k
+        self._fast_forward(i)
+        ep = self.rules[i].start(self.emu.rams[i].tobytes())
+        if i < len(self.episodes):
+            self.episodes[i] = ep
+        else:
+            self.episodes.append(ep)
+        self.emu.observation_one(i, "grayscale", output=self.gray[i])
+        self.stack[i] = self._resize(self.gray[i])
+
+    def reset(self) -> np.ndarray:
+        """Start every env; returns a copy of the stacked observations."""
+        self.episodes = []
+        for i in range(self.n):
+            self.reset_env(i)
+        return self.stack.copy()
+
+    # -- stepping -----------------------------------------------------------------------------
+    def step(self, actions: np.ndarray) -> StepResult:
+        """One agent step of every env: repeat each action for frame_skip frames, apply rules."""
+        n, cfg = self.n, self.cfg
+        buttons = self.action_map[np.asarray(actions, dtype=np.int64)]
+        skip = cfg.frame_skip
+        for k in range(skip):
+            self.emu.step(buttons)
+            if cfg.max_pool and k == skip - 2:
+                self.emu.observation("grayscale", output=self.prev_gray)
+        self.frames += skip * n
+
+        rewards = np.zeros(n, np.float32)
+        terminated = np.zeros(n, bool)
+        truncated = np.zeros(n, bool)
+        components = {c: np.zeros(n, np.float32) for c in COMPONENTS}
+        outcomes: list[Outcome] = []
+        moved = np.zeros(n, bool)
+        for i in range(n):
+            out = self.rules[i].step(self.episodes[i], self.emu.rams[i].tobytes())
+            outcomes.append(out)
+            rewards[i] = out.reward
+            terminated[i] = out.terminated
+            truncated[i] = out.truncated
+            for name, v in out.components.items():
+                if v:
+                    components[name][i] = v
+            if not (out.terminated or out.truncated):
+                before = self.frames
+                self._fast_forward(i)
+                moved[i] = self.frames != before
+
+        self.emu.observation("grayscale", output=self.gray)
+        if cfg.max_pool and skip > 1:
+            # Envs that just fast-forwarded show a new scene: pooling with the old frame would smear it.
+            if moved.any():
+                idx = np.flatnonzero(~moved)
+                self.gray[idx] = np.maximum(self.gray[idx], self.prev_gray[idx])
+            else:
+                np.maximum(self.gray, self.prev_gray, out=self.gray)
+        final_obs: dict[int, np.ndarray] = {}
+        finished: dict[int, dict] = {}
+        for i in range(n):
+            self._push(i, self._resize(self.gray[i]))
+            out = outcomes[i]
+            if out.terminated or out.truncated:
+                final_obs[i] = self.stack[i].copy()
+                finished[i] = self._episode_stats(self.episodes[i], out)
+                self.reset_env(i, restart=self._restart_after(i, out))
+        return StepResult(
+            self.stack.copy(), rewards, terminated, truncated, components, final_obs, finished
+        )
+
+    def _restart_after(self, i: int, out: Outcome) -> bool:
+        """In whole-game mode a lost life or a flag ends an episode but the game goes on."""
+        if not self.selection[i].game:
+            return True
+        return out.reason not in ("death", "flag")
+
+    def _episode_stats(self, ep: Episode, out: Outcome) -> dict:
+        return {
+            "r": ep.ret,
+            "l": ep.steps,
+            "x_max": ep.x_max,
+            "flag": ep.stages_cleared > 0,
+            "stages_cleared": ep.stages_cleared,
+            "stage": stage_number(ep.stage),
+            "start_stage": stage_number(ep.start_stage),
+            "reason": out.reason,
+            "components": dict(ep.sums),
+        }
+
+    def close(self) -> None:
+        """Release the native emulators."""
+        self.emu.close()
