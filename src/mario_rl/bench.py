@@ -1,0 +1,102 @@
+"""Benchmarks behind ``mario-rl bench``: each measures a reference in the same run and reports a ratio."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from nes_py.vector_env import VectorNESEmulator
+
+from .envs import EnvConfig, make_vector_env
+from .envs.actions import action_bytes
+from .envs.snapshots import rom_path, start_snapshot
+from .envs.stages import parse_stages
+
+
+def _raw_fps(envs: int, workers: int, seconds: float, stage: str, actions: str) -> float:
+    """Emulated frames/s of bare native emulators (no processing), ``workers`` threads."""
+    sizes = [len(r) for r in np.array_split(np.arange(envs), workers)]
+    emus = []
+    for n in sizes:
+        emu = VectorNESEmulator(rom_path(), n)
+        for i in range(n):
+            emu.load_state(i, start_snapshot(stage))
+        emus.append(emu)
+    buttons = action_bytes(actions)
+    counts = [0] * workers
+    stop = time.perf_counter() + seconds
+
+    def run(k: int) -> None:
+        rng = np.random.default_rng(k)
+        emu, n = emus[k], sizes[k]
+        frames = 0
+        while time.perf_counter() < stop:
+            a = buttons[rng.integers(len(buttons), size=n)]
+            for _ in range(4):
+                emu.step(a)
+            frames += 4 * n
+        counts[k] = frames
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    for emu in emus:
+        emu.close()
+    return sum(counts) / elapsed
+
+
+def _pipeline(config: EnvConfig, envs: int, workers: int, seconds: float) -> tuple[float, float]:
+    """(emulated frames/s, agent steps/s) through the whole vector env with random actions."""
+    env = make_vector_env(config, num_envs=envs, workers=workers, seed=0)
+    rng = np.random.default_rng(0)
+    n_actions = env.single_action_space.n
+    env.reset(seed=0)
+    env.step(rng.integers(n_actions, size=envs))  # warm-up
+    f0, steps = env.frames, 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        env.step(rng.integers(n_actions, size=envs))
+        steps += envs
+    elapsed = time.perf_counter() - start
+    fps = (env.frames - f0) / elapsed
+    env.close()
+    return fps, steps / elapsed
+
+
+def bench_env(
+    config: EnvConfig, envs: int = 8, workers: int = 1, seconds: float = 10.0, rounds: int = 2
+) -> dict[str, Any]:
+    """Raw native frame rate vs the full pipeline, alternated in ``rounds`` to share the noise.
+
+    With more than one worker the one-worker pipeline is measured too, for the scaling figure.
+    """
+    stage = parse_stages(config.stages).stages[0]
+    slot = seconds / (rounds * (3 if workers > 1 else 2))
+    raw, pipe, steps, pipe1 = [], [], [], []
+    for _ in range(rounds):
+        raw.append(_raw_fps(envs, workers, slot, stage, config.actions))
+        fps, sps = _pipeline(config, envs, workers, slot)
+        pipe.append(fps)
+        steps.append(sps)
+        if workers > 1:
+            pipe1.append(_pipeline(config, envs, 1, slot)[0])
+    out: dict[str, Any] = {
+        "envs": envs,
+        "workers": workers,
+        "stages": config.stages,
+        "raw_fps": round(float(np.mean(raw)), 1),
+        "pipeline_fps": round(float(np.mean(pipe)), 1),
+        "steps_per_s": round(float(np.mean(steps)), 1),
+        "ratio": round(float(np.mean(pipe) / np.mean(raw)), 3),
+        "seconds": seconds,
+    }
+    if workers > 1:
+        out["pipeline_fps_one_worker"] = round(float(np.mean(pipe1)), 1)
+        out["speedup_vs_one_worker"] = round(float(np.mean(pipe) / np.mean(pipe1)), 3)
+    return out

@@ -1,0 +1,124 @@
+"""Turn typed config dataclasses into argparse flags (with their field docstrings as help).
+
+argparse rather than a CLI framework so that every bad input ends as one line on stderr and
+exit code 2, and so that presets can tell the flags a user gave from the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import textwrap
+import types
+import typing
+from functools import cache
+from typing import Any
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each field of a dataclass (CleanRL-style field docs)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(scalar type, optional?) of an annotation like ``float | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _number(kind: type, optional: bool, flag: str):
+    def parse(text: str) -> Any:
+        if optional and text.lower() in ("none", "off", ""):
+            return None
+        try:
+            return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{flag} expects {what}, got {text!r}") from None
+
+    return parse
+
+
+def add_dataclass_args(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    dest_prefix: str,
+    flag_prefix: str = "",
+    rename: dict[str, str] | None = None,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Add one flag per field of ``cls``; values land in ``dest_prefix.field`` only when given."""
+    rename = rename or {}
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp, optional = _base_type(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            continue
+        flag = "--" + rename.get(f.name, flag_prefix + f.name.replace("_", "-"))
+        dest = f"{dest_prefix}.{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        if tp is bool:
+            parser.add_argument(
+                flag,
+                dest=dest,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        elif tp in (int, float):
+            parser.add_argument(
+                flag,
+                dest=dest,
+                type=_number(tp, optional, flag),
+                default=argparse.SUPPRESS,
+                help=help_text,
+                metavar=tp.__name__.upper(),
+            )
+        else:
+            parser.add_argument(
+                flag, dest=dest, type=str, default=argparse.SUPPRESS, help=help_text, metavar="TEXT"
+            )
+
+
+def given(ns: argparse.Namespace, dest_prefix: str) -> dict[str, Any]:
+    """The fields of one dataclass that the user set on the command line."""
+    prefix = dest_prefix + "."
+    return {k[len(prefix) :]: v for k, v in vars(ns).items() if k.startswith(prefix)}
+
+
+def apply(obj: Any, values: dict[str, Any], where: str) -> None:
+    """Set fields on a dataclass instance, refusing unknown names (e.g. from a preset file)."""
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(f"unknown {where} option {key!r}; known: {', '.join(sorted(names))}")
+        setattr(obj, key, value)

@@ -1,0 +1,232 @@
+"""The vector env and the single env on the real emulator: shapes, determinism, equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mario_rl.envs import (
+    STAGES,
+    EnvConfig,
+    MarioEnv,
+    StageError,
+    make_vector_env,
+    parse_stages,
+)
+
+RIGHT = 1  # 'right' in every action set
+
+
+@pytest.mark.parametrize(
+    ("spec", "stages"),
+    [("1-1", ("1-1",)), (" 1-1 , 4-2 ", ("1-1", "4-2")), ("all", STAGES), ("game", ("1-1",))],
+)
+def test_parse_stages(spec, stages):
+    sel = parse_stages(spec)
+    assert sel.stages == stages
+    assert sel.game == (spec == "game")
+    assert sum(sel.weights) == pytest.approx(1.0)
+
+
+def test_parse_weighted_list():
+    sel = parse_stages("1-1:3,1-2")
+    assert sel.weights == pytest.approx((0.75, 0.25))
+    rng = np.random.default_rng(0)
+    draws = [sel.sample(rng) for _ in range(400)]
+    assert 0.65 < draws.count("1-1") / 400 < 0.85
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "0-1", "9-1", "1-5", "1_1", "one", "1-1,,1-2", "1-1,all", "1-1:0", "1-1:x", "1-1,1-1"],
+)
+def test_bad_stage_selections_name_the_valid_forms(bad):
+    with pytest.raises(StageError) as e:
+        parse_stages(bad)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "1-1" in msg or "number" in msg or "twice" in msg
+
+
+def test_bad_config_is_refused():
+    for cfg in [EnvConfig(actions="jump"), EnvConfig(frame_skip=0), EnvConfig(stages="x")]:
+        with pytest.raises(ValueError):
+            make_vector_env(cfg, num_envs=1)
+    with pytest.raises(ValueError):
+        make_vector_env(EnvConfig(), num_envs=2, workers=3)
+
+
+def test_observation_shapes_and_dtypes():
+    env = make_vector_env(EnvConfig(size=64, frame_stack=3, crop_hud=True), num_envs=3, workers=2)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (3, 3, 64, 64) and obs.dtype == np.uint8
+    assert env.single_observation_space.shape == (3, 64, 64)
+    obs, rew, term, trunc, info = env.step(np.zeros(3, np.int64))
+    assert obs.shape == (3, 3, 64, 64) and rew.dtype == np.float32
+    assert term.dtype == bool and trunc.dtype == bool
+    assert set(info["reward_components"]) >= {"progress", "flag", "death"}
+    assert obs.max() > 0  # a real picture, not zeros
+    env.close()
+
+
+def _rollout(env, actions):
+    out = []
+    for a in actions:
+        obs, rew, term, trunc, info = env.step(a)
+        out.append((obs.copy(), rew.copy(), term.copy(), trunc.copy()))
+    return out
+
+
+def test_same_seed_and_actions_give_the_same_observations():
+    rng = np.random.default_rng(3)
+    actions = [rng.integers(0, 7, 2) for _ in range(80)]
+    runs = []
+    for _ in range(2):
+        env = make_vector_env(EnvConfig(), num_envs=2, workers=1, seed=5)
+        env.reset(seed=5)
+        runs.append(_rollout(env, actions))
+        env.close()
+    for a, b in zip(*runs, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_workers_do_not_change_results():
+    rng = np.random.default_rng(4)
+    actions = [rng.integers(0, 7, 4) for _ in range(60)]
+    runs = []
+    for workers in (1, 2):
+        env = make_vector_env(EnvConfig(), num_envs=4, workers=workers, seed=2)
+        env.reset(seed=2)
+        runs.append(_rollout(env, actions))
+        env.close()
+    for a, b in zip(*runs, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_single_env_matches_vector_env_over_episode_ends():
+    cfg = EnvConfig(stall_steps=25)
+    rng = np.random.default_rng(7)
+    actions = rng.integers(0, 7, 150)
+    venv = make_vector_env(cfg, num_envs=1, seed=9)
+    vobs, _ = venv.reset(seed=9)
+    senv = MarioEnv(cfg, seed=9)
+    sobs, _ = senv.reset(seed=9)
+    np.testing.assert_array_equal(vobs[0], sobs)
+    ends = 0
+    for a in actions:
+        vobs, vr, vt, vtr, vinfo = venv.step(np.array([a]))
+        sobs, sr, st, strc, sinfo = senv.step(int(a))
+        assert (vr[0], vt[0], vtr[0]) == (pytest.approx(sr), st, strc)
+        if st or strc:
+            ends += 1
+            np.testing.assert_array_equal(vinfo["final_obs"][0], sobs)
+            sobs, _ = senv.reset()
+        np.testing.assert_array_equal(vobs[0], sobs)
+    assert ends >= 1
+    venv.close()
+    senv.close()
+
+
+def test_a_kept_frame_is_not_changed_by_the_next_step():
+    env = make_vector_env(EnvConfig(), num_envs=1)
+    obs0, _ = env.reset(seed=0)
+    kept = obs0.copy()
+    obs1, *_ = env.step(np.array([RIGHT]))
+    for _ in range(5):
+        env.step(np.array([RIGHT]))
+    np.testing.assert_array_equal(obs0, kept)
+    assert not np.array_equal(obs1, obs0)
+    senv = MarioEnv(EnvConfig())
+    senv.reset(seed=0)
+    frame = senv.render()
+    copy = frame.copy()
+    for _ in range(10):
+        senv.step(RIGHT)
+    np.testing.assert_array_equal(frame, copy)
+    assert frame.shape == (240, 256, 3)
+    env.close()
+    senv.close()
+
+
+def test_running_right_on_1_1_dies_and_auto_resets():
+    env = make_vector_env(EnvConfig(noop_max=0), num_envs=1)
+    env.reset(seed=0)
+    for _t in range(400):
+        obs, rew, term, trunc, info = env.step(np.array([RIGHT]))
+        if term[0]:
+            break
+    assert term[0], "holding right should run into the first goomba"
+    ep = info["episode"]
+    assert info["_episode"][0] and ep["reason"][0] == "death"
+    assert 200 < ep["x_max"][0] < 500
+    assert ep["components"]["death"][0] < 0 and ep["components"]["progress"][0] > 0
+    assert rew[0] == pytest.approx(
+        info["reward_components"]["progress"][0] + info["reward_components"]["death"][0]
+    )
+    assert info["x_pos"][0] < 100  # already back at the start
+    assert info["final_obs"][0].shape == (4, 84, 84)
+    env.close()
+
+
+def test_whole_game_continues_after_a_lost_life():
+    env = make_vector_env(EnvConfig(stages="game", noop_max=0), num_envs=1)
+    _, info = env.reset(seed=0)
+    assert info["lives"][0] == 2
+    for _ in range(400):
+        obs, rew, term, trunc, info = env.step(np.array([RIGHT]))
+        if term[0]:
+            break
+    assert term[0] and info["episode"]["reason"][0] == "death"
+    assert info["lives"][0] == 1  # same game, one life fewer
+    env.close()
+
+
+def test_life_loss_off_plays_until_game_over():
+    env = make_vector_env(EnvConfig(life_loss_ends=False, noop_max=0), num_envs=1)
+    env.reset(seed=0)
+    for _ in range(1500):
+        obs, rew, term, trunc, info = env.step(np.array([RIGHT]))
+        if term[0]:
+            break
+    assert term[0] and info["episode"]["reason"][0] == "game_over"
+    assert (info["episode"]["components"]["death"][0]) == pytest.approx(-15.0)  # three lives
+    env.close()
+
+
+def test_noop_starts_are_seeded():
+    def first_obs(seed):
+        env = make_vector_env(EnvConfig(noop_max=30), num_envs=4, seed=seed)
+        obs, info = env.reset(seed=seed)
+        env.close()
+        return obs, info["time"]
+
+    a, _ = first_obs(1)
+    b, _ = first_obs(1)
+    np.testing.assert_array_equal(a, b)
+    c, _ = first_obs(2)
+    assert not np.array_equal(a, c)
+
+
+def test_set_stages_while_running():
+    env = make_vector_env(EnvConfig(stall_steps=5, noop_max=0), num_envs=2)
+    _, info = env.reset(seed=0)
+    assert list(info["stage"]) == [0, 0]
+    env.set_stages([1], "4-2")
+    # Standing still stalls the episode, which restarts on the new stage.
+    for _ in range(5):
+        _, _, term, trunc, info = env.step(np.zeros(2, np.int64))
+    assert trunc.all() and list(info["episode"]["reason"]) == ["stall", "stall"]
+    assert list(info["stage"]) == [0, STAGES.index("4-2")]
+    assert env.stages_of(1).stages == ("4-2",)
+    with pytest.raises(StageError):
+        env.set_stages([0], "9-9")
+    env.close()
+
+
+def test_all_stages_draws_different_stages():
+    env = make_vector_env(EnvConfig(stages="1-1,2-1,3-1,4-1"), num_envs=6, seed=3)
+    _, info = env.reset(seed=3)
+    assert len(set(info["stage"].tolist())) > 1
+    env.close()
