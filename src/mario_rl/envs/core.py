@@ -7,6 +7,7 @@ group of one. Both therefore give the same observations, rewards and termination
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -55,7 +56,7 @@ class StepResult:
 class EmulatorGroup:
     """``n`` emulators with the same configuration; stepped with one native call per frame."""
 
-    def __init__(self, config: EnvConfig, n: int, seeds: list[int]) -> None:
+    def __init__(self, config: EnvConfig, n: int, seeds: Sequence[int | Sequence[int]]) -> None:
         config.validate()
         self.cfg = config
         self.n = n
@@ -94,7 +95,7 @@ class EmulatorGroup:
         self.selection[i] = selection
         self.rules[i] = Rules(self.cfg, selection.game)
 
-    def reseed(self, seeds: list[int]) -> None:
+    def reseed(self, seeds: Sequence[int | Sequence[int]]) -> None:
         """New random streams for stage draws and no-op starts."""
         self.rngs = [np.random.default_rng(seed) for seed in seeds]
 
@@ -216,6 +217,7 @@ class EmulatorGroup:
             "stage": stage_number(ep.stage),
             "start_stage": stage_number(ep.start_stage),
             "reason": out.reason,
+            "time_left": ep.time,
             "components": dict(ep.sums),
         }
 

@@ -9,6 +9,7 @@ the last observation of the finished one is ``infos["final_obs"][i]`` (valid whe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,7 +35,14 @@ class MarioVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
-    def __init__(self, config: EnvConfig, num_envs: int = 8, workers: int = 1, seed: int = 0):
+    def __init__(
+        self,
+        config: EnvConfig,
+        num_envs: int = 8,
+        workers: int = 1,
+        seed: int = 0,
+        env_seeds: Sequence[int | Sequence[int]] | None = None,
+    ):
         config.validate()
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -44,7 +52,10 @@ class MarioVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.workers = workers
         self.ranges = _split(num_envs, workers)
+        if env_seeds is not None and len(env_seeds) != num_envs:
+            raise ValueError(f"env_seeds has {len(env_seeds)} entries for {num_envs} envs")
         self._seed = seed
+        self._env_seeds = env_seeds
         self.groups = [EmulatorGroup(config, len(r), self._seeds(r, seed)) for r in self.ranges]
         n_actions = len(action_meanings(config.actions))
         shape = (config.frame_stack, config.size, config.size)
@@ -56,8 +67,10 @@ class MarioVectorEnv(VectorEnv):
         self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
         self._started = False
 
-    @staticmethod
-    def _seeds(r: range, seed: int) -> list[int]:
+    def _seeds(self, r: range, seed: int) -> list:
+        """Per-env random streams: explicit ones if given, else derived from the run's seed."""
+        if self._env_seeds is not None:
+            return [self._env_seeds[i] for i in r]
         return [int(seed) * 100_003 + i for i in r]
 
     # -- Gymnasium API ------------------------------------------------------------------------
@@ -106,6 +119,7 @@ class MarioVectorEnv(VectorEnv):
                 "stage": np.zeros(self.num_envs, np.int32),
                 "start_stage": np.zeros(self.num_envs, np.int32),
                 "reason": np.full(self.num_envs, "", dtype=object),
+                "time_left": np.zeros(self.num_envs, np.int32),
                 "components": {c: np.zeros(self.num_envs, np.float32) for c in COMPONENTS},
             }
             for res, r in zip(results, self.ranges, strict=True):
