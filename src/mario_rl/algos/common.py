@@ -1,0 +1,155 @@
+"""Shared pieces of the on-policy learners (PPO now, A3G later): GAE, running statistics,
+explained variance, schedules, and flattening an optimizer's state into tensors + JSON.
+
+Everything here works on torch tensors, has no env or model imports, and is small enough to be
+checked against hand-computed values (tests/test_ppo.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminations: Tensor,
+    dones: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over a (T, N) rollout; returns (advantages, returns).
+
+    ``next_values[t]`` is V of the observation that *followed* step t in the same episode: V(obs[t+1])
+    normally, and V(final_obs) where the episode was truncated (time limit), because with same-step
+    autoreset ``obs[t+1]`` already belongs to the next episode. ``terminations[t]`` cuts the
+    bootstrap (a real end: dying, the flag); ``dones[t]`` (termination or truncation) cuts the
+    λ-chain so that no advantage leaks from one episode into the next. With all-zero
+    terminations/dones this is the non-episodic estimate RND uses for intrinsic returns.
+    """
+    not_term = 1.0 - terminations.float()
+    not_done = 1.0 - dones.float()
+    deltas = rewards + gamma * next_values * not_term - values
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        last = deltas[t] + gamma * lam * not_done[t] * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def discounted_running_returns(
+    rewards: Tensor, running: Tensor, gamma: float
+) -> tuple[Tensor, Tensor]:
+    """Per-env running discounted sums ``R_t = gamma * R_{t-1} + r_t`` over a (T, N) rollout,
+    never reset (RND normalises intrinsic rewards by the std of these). Returns (all R_t, last R)."""
+    out = torch.empty_like(rewards)
+    for t in range(rewards.shape[0]):
+        running = running * gamma + rewards[t]
+        out[t] = running
+    return out, running
+
+
+def explained_variance(y_pred: Tensor, y_true: Tensor) -> float:
+    """1 - Var[y_true - y_pred] / Var[y_true]: 1 is perfect, 0 is no better than the mean,
+    NaN when the targets are constant."""
+    var_y = torch.var(y_true)
+    if var_y == 0:
+        return float("nan")
+    return float(1.0 - torch.var(y_true - y_pred) / var_y)
+
+
+def linear_schedule(start: float, end: float, progress: float) -> float:
+    """``start`` at progress 0 moving linearly to ``end`` at progress 1 (clamped)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return start + (end - start) * progress
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance (parallel Welford / Chan et al.), kept as buffers so they live in
+    a module's state_dict and therefore in checkpoints. ``shape`` is the shape of one sample."""
+
+    mean: Tensor
+    var: Tensor
+    count: Tensor
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+        super().__init__()
+        # float64: millions of updates in float32 drift visibly.
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        # epsilon as the prior count keeps the first update from dividing by zero.
+        self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Fold a batch (leading dimension = samples) into the statistics."""
+        x = x.to(torch.float64).reshape(-1, *self.mean.shape)
+        batch_mean = x.mean(0)
+        batch_var = x.var(0, unbiased=False)
+        n = x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
+        self.mean.add_(delta * n / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def normalize(self, x: Tensor, clip: float | None = None) -> Tensor:
+        """(x - mean) / std in x's dtype, optionally clipped to ±clip."""
+        mean = self.mean.to(x.dtype)
+        std = self.var.to(x.dtype).add(1e-8).sqrt()
+        y = (x - mean) / std
+        return y.clamp(-clip, clip) if clip is not None else y
+
+
+def optimizer_to_flat(
+    optimizer: torch.optim.Optimizer, prefix: str = "optim."
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimizer's state as flat ``{name: tensor}`` plus a JSON-able dict (no pickle).
+
+    Tensor entries of the per-parameter state become ``{prefix}{param_index}.{key}``; everything
+    else (param groups' hyper-parameters, non-tensor state) goes to the JSON side.
+    """
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"{prefix}{idx}.{key}"] = value.detach().contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in sd["param_groups"]
+    ]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_flat(
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, Tensor],
+    meta: dict[str, Any],
+    prefix: str = "optim.",
+) -> None:
+    """Inverse of :func:`optimizer_to_flat`: restore the exact optimizer state."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith(prefix):
+            continue
+        idx, key = name[len(prefix) :].split(".", 1)
+        state.setdefault(int(idx), {})[key] = value.clone()
+    for idx, extra in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(extra)
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
