@@ -84,8 +84,8 @@ def test_round_trip_exact(tmp_path: Path) -> None:
     for k, v in want.items():
         assert tensors[k].dtype == v.dtype and torch.equal(tensors[k], v), k
     assert meta["step"] == 10 and meta["config"] == {"lr": 2.5e-4, "stages": ["1-1"]}
-    assert meta["format_version"] == ck.FORMAT_VERSION
-    assert meta["tensors"]["model/w"] == {"dtype": "float32", "shape": [3, 4]}
+    assert meta["checkpoint"]["format_version"] == ck.FORMAT_VERSION
+    assert meta["checkpoint"]["tensors"]["model/w"] == {"dtype": "float32", "shape": [3, 4]}
     # Either file also names its checkpoint.
     assert load_checkpoint(out / "meta.json")[1]["step"] == 10
 
@@ -101,7 +101,9 @@ def test_save_validates_meta(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="integer 'step'"):
         save_checkpoint(tmp_path / "c", {}, {"config": {}})
     with pytest.raises(ValueError, match="reserved keys"):
-        save_checkpoint(tmp_path / "c", {}, {"step": 1, "tensors": {}})
+        save_checkpoint(tmp_path / "c", {}, {"step": 1, "checkpoint": {}})
+    # Callers keep names like "format"/"version" for their own state formats.
+    save_checkpoint(tmp_path / "ok", {}, {"step": 1, "format": "ppo-trainer", "version": 2})
     with pytest.raises(ValueError, match=r"meta.best_x is nan"):
         save_checkpoint(tmp_path / "c", {}, {"step": 1, "best_x": float("nan")})
     with pytest.raises(ValueError, match="torch.Tensor"):
@@ -245,7 +247,7 @@ def test_hostile_pickle_is_never_unpickled(tmp_path: Path) -> None:
     (disguised / "weights.safetensors").write_bytes(payload)
     _edit_meta(
         disguised,
-        lambda m: m.update(
+        lambda m: m["checkpoint"].update(
             weights_bytes=len(payload),
             weights_sha256=__import__("hashlib").sha256(payload).hexdigest(),
         ),
@@ -314,7 +316,7 @@ def test_truncated_and_corrupt_weights(tmp_path: Path) -> None:
     w.write_bytes(junk)
     _edit_meta(
         c,
-        lambda m: m.update(
+        lambda m: m["checkpoint"].update(
             weights_bytes=len(junk), weights_sha256=__import__("hashlib").sha256(junk).hexdigest()
         ),
     )
@@ -340,43 +342,62 @@ def test_bad_meta_json(tmp_path: Path, content: bytes, match: str) -> None:
 
 def test_meta_keys_and_version(tmp_path: Path) -> None:
     c = _save(tmp_path / "c")
-    _edit_meta(c, lambda m: m.pop("weights_sha256"))
-    with pytest.raises(CheckpointError, match=r"lacks required keys \['weights_sha256'\]"):
+    _edit_meta(c, lambda m: m["checkpoint"].pop("weights_sha256"))
+    with pytest.raises(
+        CheckpointError, match=r"lacks required keys \['checkpoint.weights_sha256'\]"
+    ):
         load_checkpoint(c)
     c = _save(tmp_path / "c")
-    _edit_meta(c, lambda m: m.update(format_version=99))
+    _edit_meta(c, lambda m: m["checkpoint"].update(format_version=99))
     with pytest.raises(CheckpointError, match="format_version 99, this code reads 1; .*upgrade"):
         load_checkpoint(c)
     c = _save(tmp_path / "c")
-    _edit_meta(c, lambda m: m.update(format="something-else"))
-    with pytest.raises(CheckpointError, match="expected 'mario-rl-checkpoint'"):
+    _edit_meta(c, lambda m: m["checkpoint"].update(format="something-else"))
+    with pytest.raises(
+        CheckpointError, match="no 'checkpoint' record of format 'mario-rl-checkpoint'"
+    ):
         load_checkpoint(c)
     c = _save(tmp_path / "c")
-    _edit_meta(c, lambda m: m.update(tensors={"x": {"dtype": "float32", "shape": "big"}}))
-    with pytest.raises(CheckpointError, match="'tensors' must map"):
+    _edit_meta(
+        c, lambda m: m["checkpoint"].update(tensors={"x": {"dtype": "float32", "shape": "big"}})
+    )
+    with pytest.raises(CheckpointError, match="'checkpoint.tensors' must map"):
         load_checkpoint(c)
 
 
 def test_tensor_declarations_must_match(tmp_path: Path) -> None:
     c = _save(tmp_path / "c")
-    _edit_meta(c, lambda m: m["tensors"].pop("counts"))
+    _edit_meta(c, lambda m: m["checkpoint"]["tensors"].pop("counts"))
     with pytest.raises(CheckpointError, match="present but not declared: counts"):
         load_checkpoint(c)
     c = _save(tmp_path / "c")
     _edit_meta(
-        c, lambda m: m["tensors"].update({"model/extra": {"dtype": "float32", "shape": [1]}})
+        c,
+        lambda m: m["checkpoint"]["tensors"].update(
+            {"model/extra": {"dtype": "float32", "shape": [1]}}
+        ),
     )
     with pytest.raises(CheckpointError, match="declared but missing: model/extra"):
         load_checkpoint(c)
     c = _save(tmp_path / "c")
-    _edit_meta(c, lambda m: m["tensors"].update({"model/w": {"dtype": "float32", "shape": [4, 3]}}))
+    _edit_meta(
+        c,
+        lambda m: m["checkpoint"]["tensors"].update(
+            {"model/w": {"dtype": "float32", "shape": [4, 3]}}
+        ),
+    )
     with pytest.raises(
         CheckpointError,
         match=r"'model/w' is float32\[3, 4\] but meta.json declares float32\[4, 3\]",
     ):
         load_checkpoint(c)
     c = _save(tmp_path / "c")
-    _edit_meta(c, lambda m: m["tensors"].update({"model/w": {"dtype": "float16", "shape": [3, 4]}}))
+    _edit_meta(
+        c,
+        lambda m: m["checkpoint"]["tensors"].update(
+            {"model/w": {"dtype": "float16", "shape": [3, 4]}}
+        ),
+    )
     with pytest.raises(CheckpointError, match="declares float16"):
         load_checkpoint(c)
     # Weights of one checkpoint next to the meta of another.

@@ -3,8 +3,10 @@
 A checkpoint is a **directory** holding exactly two files::
 
     <name>/weights.safetensors   flat dict[str, Tensor]: weights, optimizer tensors, RNG states
-    <name>/meta.json             config, model spec, counters, format version, and the
-                                 name/shape/dtype of every tensor plus the weights' sha256
+    <name>/meta.json             the caller's JSON (config, model spec, counters; an integer
+                                 "step" is required) plus save_checkpoint's own record under
+                                 "checkpoint": format, format_version, the dtype/shape of every
+                                 tensor, and the size and sha256 of weights.safetensors
 
 Inside a run, checkpoints live in ``<run>/checkpoints/``: periodic ones are named
 ``ckpt-<step>`` (the last K are kept, see :func:`keep_last`), plus ``best`` and ``final``.
@@ -50,6 +52,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "META_FILE",
+    "RECORD_KEY",
     "RESERVED_META_KEYS",
     "WEIGHTS_FILE",
     "CheckpointError",
@@ -78,11 +81,11 @@ FORMAT = "mario-rl-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
-# Keys save_checkpoint writes itself; callers may not set them.
-RESERVED_META_KEYS = frozenset(
-    {"format", "format_version", "tensors", "weights_sha256", "weights_bytes"}
-)
-_REQUIRED_META_KEYS = (*sorted(RESERVED_META_KEYS), "step")
+# save_checkpoint's own record in meta.json, under one key so that callers keep every other
+# name (including "format" / "version" of their own state formats).
+RECORD_KEY = "checkpoint"
+RESERVED_META_KEYS = frozenset({RECORD_KEY})
+_REQUIRED_RECORD_KEYS = ("format", "format_version", "tensors", "weights_bytes", "weights_sha256")
 
 _PERIODIC_RE = re.compile(r"^ckpt-(\d+)$")
 _REFUSED_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".zip"})
@@ -277,9 +280,10 @@ def save_checkpoint(
     ``tensors`` are torch tensors (any device; saved as CPU copies) or numpy arrays; loading
     always gives torch tensors.
 
-    ``meta`` must be strict-JSON (finite floats, string keys) and hold an integer ``step``;
-    the keys in :data:`RESERVED_META_KEYS` are added here. An existing checkpoint at ``path``
-    is replaced atomically; anything else there is refused.
+    ``meta`` must be strict-JSON (finite floats, string keys) and hold an integer ``step``.
+    The record ``meta["checkpoint"]`` (format, version, tensor declarations, size and sha256
+    of the weights) is added here. An existing checkpoint at ``path`` is replaced atomically;
+    anything else there is refused.
     """
     path = Path(path)
     if "step" not in meta or isinstance(meta["step"], bool) or not isinstance(meta["step"], int):
@@ -299,12 +303,14 @@ def save_checkpoint(
 
     data, specs = _serialize(tensors)
     full_meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         **meta,
-        "tensors": specs,
-        "weights_sha256": hashlib.sha256(data).hexdigest(),
-        "weights_bytes": len(data),
+        RECORD_KEY: {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "weights_bytes": len(data),
+            "weights_sha256": hashlib.sha256(data).hexdigest(),
+            "tensors": specs,
+        },
     }
     meta_bytes = (json.dumps(full_meta, indent=1, allow_nan=False) + "\n").encode()
 
@@ -396,9 +402,13 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"{meta_path} holds a JSON {type(meta).__name__}; it must be a JSON object"
         )
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path} has format {meta.get('format')!r}; expected {FORMAT!r}")
-    version = meta.get("format_version")
+    rec = meta.get(RECORD_KEY)
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{meta_path} has no '{RECORD_KEY}' record of format {FORMAT!r}; "
+            "it was not written by save_checkpoint, use a checkpoint saved by mario-rl"
+        )
+    version = rec.get("format_version")
     if version != FORMAT_VERSION:
         newer = isinstance(version, int) and version > FORMAT_VERSION
         why = (
@@ -409,12 +419,17 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"{meta_path} has format_version {version!r}, this code reads {FORMAT_VERSION}; {why}"
         )
-    missing = [k for k in _REQUIRED_META_KEYS if k not in meta]
+    missing = [f"{RECORD_KEY}.{k}" for k in _REQUIRED_RECORD_KEYS if k not in rec]
+    missing += ["step"] if "step" not in meta else []
     if missing:
         raise CheckpointError(
             f"{meta_path} lacks required keys {missing}; the checkpoint is incomplete, use another one"
         )
-    spec = meta["tensors"]
+    if not isinstance(rec["weights_bytes"], int) or not isinstance(rec["weights_sha256"], str):
+        raise CheckpointError(
+            f"{meta_path}: weights_bytes must be an integer and weights_sha256 a hex string"
+        )
+    spec = rec["tensors"]
     if not isinstance(spec, dict) or not all(
         isinstance(v, dict)
         and isinstance(v.get("dtype"), str)
@@ -423,7 +438,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         for v in spec.values()
     ):
         raise CheckpointError(
-            f"{meta_path}: 'tensors' must map each name to {{'dtype': str, 'shape': [int, ...]}}"
+            f"{meta_path}: '{RECORD_KEY}.tensors' must map each name to {{'dtype': str, 'shape': [int, ...]}}"
         )
     if not isinstance(meta["step"], int) or isinstance(meta["step"], bool):
         raise CheckpointError(f"{meta_path}: 'step' is {meta['step']!r}; it must be an integer")
@@ -442,12 +457,13 @@ def _read_weights_bytes(ckpt: Path, meta: Mapping[str, Any]) -> bytes:
         raise CheckpointError(
             f"refusing {wpath}: it is {kind}, not safetensors; loading pickles can run arbitrary code"
         )
-    if len(data) != meta["weights_bytes"]:
+    rec = meta[RECORD_KEY]
+    if len(data) != rec["weights_bytes"]:
         raise CheckpointError(
-            f"{wpath} is {len(data)} bytes but meta.json records {meta['weights_bytes']}; "
+            f"{wpath} is {len(data)} bytes but meta.json records {rec['weights_bytes']}; "
             "the file is truncated or from another checkpoint, use another checkpoint"
         )
-    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
+    if hashlib.sha256(data).hexdigest() != rec["weights_sha256"]:
         raise CheckpointError(
             f"{wpath} does not match the sha256 in meta.json; it is corrupt or from another checkpoint, use another one"
         )
@@ -457,7 +473,7 @@ def _read_weights_bytes(ckpt: Path, meta: Mapping[str, Any]) -> bytes:
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and validate the checkpoint directory at ``path``; return ``(tensors, meta)``.
 
-    ``meta`` is the whole ``meta.json`` (the caller's keys plus the reserved ones). Raises
+    ``meta`` is the whole ``meta.json``: the caller's keys plus the ``"checkpoint"`` record. Raises
     :class:`CheckpointError` for every kind of unusable input; never unpickles anything.
     """
     import safetensors.torch
@@ -472,7 +488,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             f"{ckpt / WEIGHTS_FILE} is not a valid safetensors file ({e}); use another checkpoint"
         ) from None
 
-    declared: dict[str, dict[str, Any]] = meta["tensors"]
+    declared: dict[str, dict[str, Any]] = meta[RECORD_KEY]["tensors"]
     extra = sorted(set(tensors) - set(declared))
     missing = sorted(set(declared) - set(tensors))
     if extra or missing:
