@@ -60,6 +60,8 @@ def test_run_dir_create_refuse_resume(tmp_path: Path) -> None:
     assert json.loads((path / "config.resume-1.json").read_text()) == {"lr": 5e-5}
     assert not any(p.name.startswith(".") for p in run.checkpoints.iterdir())
     assert resumed.latest_checkpoint() is None
+    RunDir(path, resume=True, config={"lr": 1e-4})  # unchanged config: nothing new written
+    assert sorted(p.name for p in path.glob("config*")) == ["config.json", "config.resume-1.json"]
 
     with pytest.raises(RunDirError, match="does not exist; nothing to resume"):
         RunDir(tmp_path / "nope", resume=True)

@@ -181,13 +181,16 @@ class RunDir:
         return self.path / self.METRICS
 
     def write_config(self, config: Mapping[str, Any]) -> Path:
-        """Snapshot the config: ``config.json`` for a new run, ``config.resume-<n>.json`` on resume.
+        """Snapshot the config: ``config.json`` for a new run, ``config.resume-<n>.json`` when a
+        resumed run's config differs from the original.
 
         The original ``config.json`` is never overwritten, so a resumed run keeps a record of
         what it started with and of every change made when continuing.
         """
         if not self.config_path.exists():
             target = self.config_path
+        elif json.loads(json.dumps(dict(config), default=str)) == self.saved_config():
+            return self.config_path  # resumed unchanged: nothing new to record
         else:
             n = 1
             while (self.path / f"config.resume-{n}.json").exists():
@@ -449,14 +452,8 @@ class Progress:
             self._draw()
             self._last_draw = now
 
-    def line(self) -> str:
-        """The plain one-line summary."""
-        pct = 100.0 * self.step / self.total if self.total else 100.0
-        parts = [
-            f"{self.step:,}/{self.total:,} steps ({pct:.1f}%)",
-            f"{self.sps:,.0f} SPS",
-            f"ETA {_fmt_duration(self.eta_s)}",
-        ]
+    def _parts(self) -> list[str]:
+        parts = [f"{self.sps:,.0f} SPS", f"ETA {_fmt_duration(self.eta_s)}"]
         if self.best_x is not None:
             parts.append(f"best x {self.best_x:,.0f}")
         if self.flags is not None:
@@ -467,8 +464,16 @@ class Progress:
         shares = self.timer.shares()
         if shares:
             parts.append(" ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
+        return parts
+
+    def _steps(self) -> str:
+        pct = 100.0 * self.step / self.total if self.total else 100.0
+        return f"{self.step:,}/{self.total:,} steps ({pct:.1f}%)"
+
+    def line(self) -> str:
+        """The plain one-line summary."""
         head = f"[{self.title}] " if self.title else ""
-        return head + " | ".join(parts)
+        return head + " | ".join([self._steps(), *self._parts()])
 
     def _draw(self) -> None:
         if not self.interactive:
@@ -477,20 +482,22 @@ class Progress:
         from rich.console import Group
         from rich.live import Live
         from rich.progress_bar import ProgressBar
+        from rich.table import Table
         from rich.text import Text
 
-        bar = ProgressBar(total=max(self.total, 1), completed=min(self.step, self.total), width=50)
-        renderable = Group(
-            Text(self.title, style="bold") if self.title else Text(""), bar, Text(self.line())
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(
+            Text(self.title, style="bold cyan"),
+            ProgressBar(total=max(self.total, 1), completed=min(self.step, self.total), width=40),
+            Text(self._steps()),
         )
+        view = Group(grid, Text("  " + " | ".join(self._parts())))
         if self._live is None:
             # No background refresh thread: redraws happen only inside update(), which keeps
             # the display free of races with signal handlers and fork/spawn.
-            self._live = Live(
-                renderable, console=self._console, auto_refresh=False, transient=False
-            )
+            self._live = Live(view, console=self._console, auto_refresh=False, transient=False)
             self._live.start()
-        self._live.update(renderable, refresh=True)
+        self._live.update(view, refresh=True)
 
     def close(self) -> None:
         """Draw the final state and release the terminal."""
