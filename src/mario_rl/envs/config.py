@@ -5,7 +5,7 @@ Every default lives here and is documented here (docs/environment.md repeats the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from .actions import ACTION_SETS
 from .stages import parse_stages
@@ -89,6 +89,24 @@ class EnvConfig:
     """Use random actions instead of no-ops for the start frames."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward shaping."""
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (recorded in checkpoints)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EnvConfig:
+        """Inverse of to_dict; unknown keys are refused (a checkpoint from another version)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown environment options {unknown}")
+        d = dict(data)
+        reward = d.pop("reward", {}) or {}
+        rknown = {f.name for f in fields(RewardConfig)}
+        if set(reward) - rknown:
+            raise ValueError(f"unknown reward options {sorted(set(reward) - rknown)}")
+        return cls(**d, reward=RewardConfig(**reward))
 
     def validate(self) -> None:
         """Raise ValueError (a one-line message) on a bad option."""

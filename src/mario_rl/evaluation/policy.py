@@ -1,0 +1,96 @@
+"""Load a trained policy from a checkpoint (safetensors + JSON, never unpickled) and evaluate it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..algos.ppo import policy_act
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..envs import EnvConfig
+from ..models import ActorCritic, ModelSpec
+from .evaluate import Policy, evaluate, summarise
+
+
+class LoadedPolicy:
+    """A checkpoint's model as a batched policy ``act(obs, first) -> actions``."""
+
+    def __init__(self, model: ActorCritic, env_config: EnvConfig, meta: dict, deterministic: bool):
+        self.model = model
+        self.env_config = env_config
+        self.meta = meta
+        self.deterministic = deterministic
+        self.state: Any = None
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, obs: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """Actions for a batch; ``first`` resets the recurrent state of envs starting an episode."""
+        if self.state is not None and self.state[0].shape[0] != len(obs):
+            self.state = None
+        actions, self.state = policy_act(
+            self.model,
+            obs,
+            self.state,
+            deterministic=self.deterministic,
+            starts=first if self.model.spec.recurrent else None,
+            generator=self.generator,
+        )
+        return actions
+
+
+def load_policy(
+    path: str | os.PathLike[str], deterministic: bool = True, device: str = "cpu"
+) -> LoadedPolicy:
+    """The policy in a checkpoint; CheckpointError (one line) if it is not a usable one."""
+    tensors, meta = load_checkpoint(path)
+    for key in ("model_spec", "env_config"):
+        if key not in meta:
+            raise CheckpointError(
+                f"{path}: checkpoint has no {key!r}; is it a mario-rl model checkpoint?"
+            )
+    try:
+        spec = ModelSpec.from_dict(meta["model_spec"])
+        env_config = EnvConfig.from_dict(meta["env_config"])
+        model = ActorCritic(spec)
+        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(weights, strict=True)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: weights do not fit the recorded model: {first}") from None
+    model.to(device).eval()
+    return LoadedPolicy(model, env_config, meta, deterministic)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    stages: str,
+    episodes: int = 5,
+    seed: int = 0,
+    workers: int = 1,
+    torch_threads: int = 1,
+    sample: bool = False,
+    noop_max: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on ``stages``; flat metrics for training-time logs and best-keeping.
+
+    Returns ``flag_rate`` and ``mean_x`` over all episodes, plus ``stage/<W-S>/clear_rate`` and
+    ``stage/<W-S>/mean_x``, and ``stages_cleared`` (stages with a clear rate of 1).
+    """
+    torch.set_num_threads(max(1, torch_threads))
+    policy: Policy = load_policy(checkpoint, deterministic=not sample)
+    env_config = policy.env_config
+    if noop_max is not None:
+        env_config.noop_max = noop_max
+    table = summarise(evaluate(policy, env_config, stages, episodes, seed=seed, workers=workers))
+    out: dict[str, Any] = {}
+    n = sum(s["episodes"] for s in table.values())
+    out["flag_rate"] = sum(s["clear_rate"] * s["episodes"] for s in table.values()) / max(1, n)
+    out["mean_x"] = sum(s["mean_x"] * s["episodes"] for s in table.values()) / max(1, n)
+    out["stages_cleared"] = sum(s["clear_rate"] >= 1.0 for s in table.values())
+    for stage, s in table.items():
+        out[f"stage/{stage}/clear_rate"] = s["clear_rate"]
+        out[f"stage/{stage}/mean_x"] = s["mean_x"]
+    return out
