@@ -1,0 +1,125 @@
+"""The command line end to end: one smoke run per command, and bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mario_rl.cli import main
+
+TINY = [
+    "--envs", "2", "--workers", "2", "--rollout-steps", "32", "--minibatch-size", "32",
+    "--epochs", "1", "--total-steps", "128", "--network", "small",
+]  # fmt: skip
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mario_rl", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_train_smoke_writes_checkpoints_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    r = run_cli(
+        "train",
+        *TINY,
+        "--eval-every",
+        "64",
+        "--eval-episodes",
+        "1",
+        "--checkpoint-every",
+        "64",
+        "--run-dir",
+        str(run),
+    )
+    assert r.returncode == 0, r.stderr
+    assert (run / "checkpoints" / "final" / "weights.safetensors").is_file()
+    assert (run / "config.json").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("charts/SPS" in row for row in rows)
+    assert any("eval/flag_rate" in row for row in rows)
+    assert any(k.startswith("rewards/progress") for row in rows for k in row)
+    # An existing run directory is never overwritten without --resume …
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    r = run_cli("train", *TINY, "--run-dir", str(run))
+    assert r.returncode == 2 and "--resume" in r.stderr and r.stderr.count("\n") == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    # … and --resume continues the step count.
+    r = run_cli(
+        "train",
+        *TINY,
+        "--total-steps",
+        "256",
+        "--eval-every",
+        "0",
+        "--run-dir",
+        str(run),
+        "--resume",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "resumed" in r.stdout and "step 128" in r.stdout
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 256
+
+
+def test_bench_env_json():
+    r = run_cli("bench", "env", "--envs", "2", "--workers", "2", "--seconds", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in (
+        "raw_fps",
+        "pipeline_fps",
+        "steps_per_s",
+        "ratio",
+        "workers",
+        "envs",
+        "speedup_vs_one_worker",
+    ):
+        assert key in out
+    assert out["raw_fps"] > 0 and out["pipeline_fps"] > 0 and out["workers"] == 2
+
+
+def test_presets_lists_the_shipped_files(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "lstm-seed" in out and "ppo-seed" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--stages", "9-1"], "1-1 … 8-4"),
+        (["train", "--stages", "1-1,"], "expected"),
+        (["train", "--algo", "dqn"], "invalid choice"),
+        (["train", "--preset", "nope"], "available"),
+        (["train", "--preset", "lstm-seed", "--stages", "1-3"], "per stage"),
+        (["train", "--actions", "jumpy"], "action set"),
+        (["train", "--lr", "0"], "lr must be > 0"),
+        (["train", "--lr", "fast"], "expects a number"),
+        (["train", "--envs", "0"], "positive"),
+        (["train", "--envs", "-3"], "positive"),
+        (["train", "--total-steps", "many"], "integer"),
+        (["train", "--minibatch-size", "300"], "must divide"),
+        (["train", "--envs", "2", "--workers", "3", "--minibatch-size", "128"], "cannot exceed"),
+        (["train", "--device", "tpu"], "device"),
+        (
+            ["train", "--run-dir", "x", "--resume", "--stages", "1-1", "--eval-every", "-1"],
+            "eval-every",
+        ),
+        (["bench", "env", "--seconds", "0"], "> 0"),
+        (["bench", "env", "--envs", "1", "--workers", "2"], "cannot exceed"),
+        (["fly"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mario-rl: error:") and err.count("\n") == 1, err
+    assert needle in err
+    assert not any(Path(tmp_path).iterdir())  # nothing written
