@@ -123,3 +123,13 @@ def test_bad_input_is_one_line_and_exit_2(args, needle, capsys, tmp_path, monkey
     assert err.startswith("mario-rl: error:") and err.count("\n") == 1, err
     assert needle in err
     assert not any(Path(tmp_path).iterdir())  # nothing written
+
+
+def test_bench_train_json():
+    r = run_cli("bench", "train", *TINY, "--seconds", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("train_steps_per_s", "env_steps_per_s", "ratio", "shares"):
+        assert key in out
+    assert out["train_steps_per_s"] > 0 and 0 < out["ratio"]
+    assert set(out["shares"]) == {"env", "inference", "learn", "other"}

@@ -100,3 +100,62 @@ def bench_env(
         out["pipeline_fps_one_worker"] = round(float(np.mean(pipe1)), 1)
         out["speedup_vs_one_worker"] = round(float(np.mean(pipe) / np.mean(pipe1)), 3)
     return out
+
+
+def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
+    """Training steps/s of a job's configuration vs the env alone with the same envs/threads.
+
+    The env-only reference steps the same vector env with random actions; both halves get
+    ``seconds / 2``. Training runs whole updates (collect + learn), at least one.
+    """
+    import torch
+
+    from .algos.ppo import PPO
+
+    cfg, env_cfg = job.ppo, job.env
+    env_fps, env_sps = _pipeline(env_cfg, cfg.num_envs, job.workers, seconds / 2)
+    envs = make_vector_env(env_cfg, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
+    ppo = PPO(cfg, envs)
+    ppo.collect()  # warm-up: allocator, oneDNN kernels, first episodes
+    ppo.learn()
+    phases = {"env": 0.0, "inference": 0.0, "learn": 0.0, "other": 0.0}
+    steps0 = ppo.global_step
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        m = ppo.collect()
+        t1 = time.perf_counter()
+        ppo.learn()
+        t2 = time.perf_counter()
+        phases["env"] += m.get("time/env", 0.0)
+        phases["inference"] += m.get("time/inference", 0.0) + m.get("time/rnd", 0.0)
+        phases["learn"] += t2 - t1
+        phases["other"] += (
+            (t1 - t0)
+            - m.get("time/env", 0.0)
+            - m.get("time/inference", 0.0)
+            - m.get("time/rnd", 0.0)
+        )
+        if t2 - start >= seconds / 2:
+            break
+    elapsed = time.perf_counter() - start
+    envs.close()
+    train_sps = (ppo.global_step - steps0) / elapsed
+    total = sum(phases.values())
+    return {
+        "algo": cfg.algo,
+        "network": cfg.network,
+        "envs": cfg.num_envs,
+        "workers": job.workers,
+        "rollout_steps": cfg.rollout_steps,
+        "epochs": cfg.epochs,
+        "minibatch_size": cfg.minibatch_size,
+        "torch_threads": torch.get_num_threads(),
+        "train_steps_per_s": round(train_sps, 1),
+        "env_steps_per_s": round(env_sps, 1),
+        "env_fps": round(env_fps, 1),
+        "ratio": round(train_sps / env_sps, 3),
+        "shares": {k: round(v / total, 3) for k, v in phases.items()},
+        "updates": ppo.update,
+        "seconds": seconds,
+    }
