@@ -146,14 +146,7 @@ def _bench_train(ns: argparse.Namespace) -> int:
     from .bench import bench_train
 
     job = train_job(ns)
-    result = bench_train(job, seconds=ns.seconds)
-    result["command"] = "mario-rl " + " ".join(sys.argv[1:])
-    if ns.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
-    return 0
+    return _report(bench_train(job, seconds=ns.seconds), ns.json)
 
 
 def _presets(ns: argparse.Namespace) -> int:
@@ -197,9 +190,15 @@ def _bench_env(ns: argparse.Namespace) -> int:
 
     if ns.workers > ns.envs:
         raise UsageError(f"--workers ({ns.workers}) cannot exceed --envs ({ns.envs})")
-    result = bench_env(env_config(ns), envs=ns.envs, workers=ns.workers, seconds=ns.seconds)
+    return _report(
+        bench_env(env_config(ns), envs=ns.envs, workers=ns.workers, seconds=ns.seconds), ns.json
+    )
+
+
+def _report(result: dict, as_json: bool) -> int:
+    """Print a benchmark result (with the command that made it) as JSON or aligned lines."""
     result["command"] = "mario-rl " + " ".join(sys.argv[1:])
-    if ns.json:
+    if as_json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
