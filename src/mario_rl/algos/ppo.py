@@ -15,7 +15,9 @@ a JSON-able dict, nothing pickled.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -124,6 +126,19 @@ def policy_act(
         actions, _ = sample_actions(out.logits, generator)
     a = actions.cpu().numpy()
     return (a[0:1] if single else a), out.state
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Use ``n`` torch intra-op threads inside the block (0 = leave as is)."""
+    old = torch.get_num_threads()
+    if n and n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n and n != old:
+            torch.set_num_threads(old)
 
 
 # -- the trainer ---------------------------------------------------------------------------------
@@ -266,7 +281,6 @@ class PPO:
         return cfg.ent_coef
 
     # -- collect ---------------------------------------------------------------------------------
-    @torch.inference_mode()
     def collect(self) -> dict[str, float]:
         """Run the policy for ``rollout_steps`` in every env and fill the storage.
 
@@ -276,6 +290,10 @@ class PPO:
         """
         if self.envs is None:
             raise RuntimeError("collect() needs an env")
+        with torch.inference_mode(), torch_threads(self.cfg.collect_threads):
+            return self._collect()
+
+    def _collect(self) -> dict[str, float]:
         cfg = self.cfg
         if self.rnd is not None and not self.rnd_initialised:
             self._init_rnd_obs_stats()
@@ -771,7 +789,7 @@ def measure_learn_speed(
         x = ppo.obs[0]
         state = ppo.model.initial_state(num_envs)
         starts = torch.zeros(num_envs, dtype=torch.bool)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(cfg.collect_threads):
             for _ in range(10):
                 ppo.model(x, state, starts)
             best_inf = float("inf")

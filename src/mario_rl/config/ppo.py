@@ -91,7 +91,10 @@ class PPOConfig:
     channels_last: bool = True
     """Run convolutions in NHWC layout (measured ~1.6x faster with oneDNN on CPU)."""
     torch_threads: int = 2
-    """torch intra-op threads (0 = torch's default)."""
+    """torch intra-op threads for learning (0 = torch's default)."""
+    collect_threads: int = 1
+    """torch intra-op threads while collecting: batch-8 inference gains nothing from a second thread,
+    and an OpenMP barrier per step stalls badly whenever the other core is busy (0 = torch_threads)."""
     device: str = "cpu"
     """Torch device."""
     seed: int = 1
