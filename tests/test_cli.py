@@ -131,5 +131,69 @@ def test_bench_train_json():
     out = json.loads(r.stdout)
     for key in ("train_steps_per_s", "env_steps_per_s", "ratio", "shares"):
         assert key in out
-    assert out["train_steps_per_s"] > 0 and 0 < out["ratio"]
+    assert out["train_steps_per_s"] > 0 and out["ratio"] > 0
     assert set(out["shares"]) == {"env", "inference", "learn", "other"}
+
+
+def test_eval_writes_table_json_and_csv(tmp_path):
+    run = tmp_path / "run"
+    r = run_cli("train", *TINY, "--eval-every", "0", "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr
+    ck = run / "checkpoints" / "final"
+    r = run_cli(
+        "eval",
+        "--checkpoint",
+        str(ck),
+        "--episodes",
+        "2",
+        "--json",
+        str(tmp_path / "e.json"),
+        "--csv",
+        str(tmp_path / "e.csv"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "clear" in r.stdout and "1-1" in r.stdout
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc["episodes"] == 2 and set(doc["stages"]) == {"1-1"}
+    row = doc["stages"]["1-1"]
+    for key in ("clear_rate", "mean_x", "max_x", "deaths", "mean_steps_to_flag"):
+        assert key in row
+    assert row["episodes"] == 2 and 0 <= row["clear_rate"] <= 1
+    lines = (tmp_path / "e.csv").read_text().splitlines()
+    assert lines[0].startswith("stage,episodes,clear_rate") and lines[1].startswith("1-1,2,")
+    r = run_cli("eval", "--checkpoint", str(ck), "--episodes", "1", "--json", "-")
+    assert r.returncode == 0 and json.loads(r.stdout)["checkpoint"] == str(ck)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["eval", "--checkpoint", "does/not/exist"], "does not exist"),
+        (["eval", "--checkpoint", "."], "checkpoint"),
+        (["eval", "--checkpoint", "x", "--episodes", "0"], "> 0"),
+        (["eval", "--checkpoint", "x", "--noop-max", "-1"], ">= 0"),
+    ],
+)
+def test_eval_bad_input(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mario-rl: error:") and err.count("\n") == 1 and needle in err, err
+
+
+def test_eval_refuses_a_pickle(tmp_path, capsys):
+    import pickle
+
+    evil = tmp_path / "model.pth"
+    marker = tmp_path / "pwned"
+    evil.write_bytes(pickle.dumps(_Boom(str(marker))))
+    assert main(["eval", "--checkpoint", str(evil)]) == 2
+    assert not marker.exists()
+    assert "mario-rl: error:" in capsys.readouterr().err
+
+
+class _Boom:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))

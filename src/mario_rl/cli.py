@@ -66,6 +66,36 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true", help="print JSON only")
 
     sub.add_parser("presets", help="list the preset files shipped with mario-rl")
+
+    ev = sub.add_parser("eval", help="per-stage clear rate and progress of a checkpoint")
+    ev.add_argument(
+        "--checkpoint", required=True, help="a checkpoint directory (e.g. runs/…/checkpoints/best)"
+    )
+    ev.add_argument(
+        "--stages",
+        default=None,
+        help="1-1, a list, all or game (default: the stages it trained on)",
+    )
+    ev.add_argument(
+        "--episodes", type=_positive_int("--episodes"), default=10, help="episodes per stage"
+    )
+    ev.add_argument(
+        "--noop-max",
+        type=_nonnegative_int("--noop-max"),
+        default=30,
+        help="episodes start after 0..N no-op frames (default 30)",
+    )
+    ev.add_argument(
+        "--seed", type=int, default=0, help="seed of the no-op starts (never a training stream)"
+    )
+    ev.add_argument(
+        "--sample", action="store_true", help="sample actions instead of the greedy argmax"
+    )
+    ev.add_argument("--workers", type=_positive_int("--workers"), default=2, help="env threads")
+    ev.add_argument(
+        "--json", default=None, metavar="FILE|-", help="write the JSON report (- for stdout)"
+    )
+    ev.add_argument("--csv", default=None, metavar="FILE", help="write a CSV table")
     return parser
 
 
@@ -149,6 +179,46 @@ def _bench_train(ns: argparse.Namespace) -> int:
     return _report(bench_train(job, seconds=ns.seconds), ns.json)
 
 
+def _eval(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError
+    from .envs import parse_stages
+    from .evaluation.evaluate import evaluate, summarise
+    from .evaluation.policy import load_policy
+    from .evaluation.report import as_csv, as_json, as_text
+
+    for flag, target in (("--json", ns.json), ("--csv", ns.csv)):
+        if target and target != "-" and not Path(target).parent.is_dir():
+            raise UsageError(f"{flag}: directory {Path(target).parent} does not exist")
+    try:
+        policy = load_policy(ns.checkpoint, deterministic=not ns.sample)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    env_config = policy.env_config
+    stages = parse_stages(ns.stages or env_config.stages).spec
+    env_config.noop_max = ns.noop_max
+    table = summarise(
+        evaluate(policy, env_config, stages, ns.episodes, seed=ns.seed, workers=ns.workers)
+    )
+    extra = {
+        "stages_spec": stages,
+        "seed": ns.seed,
+        "noop_max": ns.noop_max,
+        "greedy": not ns.sample,
+    }
+    doc = as_json(str(ns.checkpoint), ns.episodes, table, extra)
+    if ns.json == "-":
+        print(doc)
+    else:
+        print(as_text(table))
+        if ns.json:
+            Path(ns.json).write_text(doc + "\n")
+    if ns.csv:
+        Path(ns.csv).write_text(as_csv(table))
+    return 0
+
+
 def _presets(ns: argparse.Namespace) -> int:
     from .config import list_presets
 
@@ -167,6 +237,21 @@ def _positive_int(flag: str):
             ) from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{flag} expects a whole number > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _nonnegative_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} expects a whole number >= 0, got {text!r}"
+            ) from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} expects a whole number >= 0, got {text!r}")
         return value
 
     return parse
@@ -213,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(argv)
         if ns.command == "bench":
             return _bench_env(ns) if ns.what == "env" else _bench_train(ns)
-        handlers = {"train": _train, "presets": _presets}
+        handlers = {"train": _train, "presets": _presets, "eval": _eval}
         return handlers[ns.command](ns)
     except (UsageError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
