@@ -388,3 +388,14 @@ def test_eval_process_close_stops_a_hung_child(tmp_path: Path) -> None:
         assert time.monotonic() - start < 2.0
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_signal_guard_duplicate_delivery_is_one_request_and_a_later_one_aborts() -> None:
+    with SignalGuard(quiet=True, grace_s=0.5) as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the same Ctrl-C, forwarded again by `uv run`
+        assert guard.stop_requested
+        time.sleep(0.6)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)

@@ -522,15 +522,23 @@ class SignalGuard:
     """Turn SIGINT/SIGTERM into a stop request the training loop can honour.
 
     The first signal sets ``stop_requested`` (the trainer finishes its update, writes a final
-    checkpoint and exits 0); a second one raises ``KeyboardInterrupt`` at once. The previous
-    handlers are restored on exit. Must be entered in the main thread.
+    checkpoint and exits 0); a second one raises ``KeyboardInterrupt`` at once. A second signal
+    within ``grace_s`` of the first is taken as the same request: a terminal's Ctrl-C reaches both
+    ``uv run`` and the trainer, and uv forwards it again. The previous handlers are restored on
+    exit. Must be entered in the main thread.
     """
 
     def __init__(
-        self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM), *, quiet: bool = False
+        self,
+        signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+        *,
+        quiet: bool = False,
+        grace_s: float = 2.0,
     ) -> None:
         self.signals = tuple(signals)
         self.quiet = quiet
+        self.grace_s = grace_s
+        self._first_at = -math.inf
         self.stop_requested = False
         self.received: int | None = None
         self._old: dict[int, Any] = {}
@@ -538,7 +546,10 @@ class SignalGuard:
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if self.stop_requested:
+            if time.monotonic() - self._first_at < self.grace_s:
+                return
             raise KeyboardInterrupt(f"second stop signal ({name})")
+        self._first_at = time.monotonic()
         self.stop_requested = True
         self.received = signum
         if not self.quiet:
