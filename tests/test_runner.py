@@ -199,7 +199,7 @@ def test_progress_interactive_renders() -> None:
 
 def test_signal_guard_in_process() -> None:
     old = signal.getsignal(signal.SIGUSR1)
-    with SignalGuard([signal.SIGUSR1], quiet=True) as guard:
+    with SignalGuard([signal.SIGUSR1], quiet=True, grace_s=0.0) as guard:
         assert not guard.stop_requested
         signal.raise_signal(signal.SIGUSR1)
         assert guard.stop_requested and guard.received == signal.SIGUSR1
