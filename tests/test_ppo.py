@@ -190,16 +190,22 @@ def test_truncated_episodes_bootstrap_from_final_obs(algo: str) -> None:
             if algo == "ppo-lstm":
                 # Replay env i's episode from its start to get the state before the cut.
                 t0 = t - 4
-                seq = ppo.obs[t0 : t + 1, i : i + 1]
+                seq = ppo.rollout.obs[t0 : t + 1, i : i + 1]
                 state = ppo.model(seq, None, None).state
             with torch.no_grad():
                 v = ppo.model(final, state, None).value
-            torch.testing.assert_close(ppo.next_values[t, i : i + 1], v, rtol=1e-4, atol=1e-5)
-            assert ppo.dones[t, i] and not ppo.terminations[t, i] and ppo.starts[t + 1, i]
+            torch.testing.assert_close(
+                ppo.rollout.next_values[t, i : i + 1], v, rtol=1e-4, atol=1e-5
+            )
+            assert (
+                ppo.rollout.dones[t, i]
+                and not ppo.rollout.terminations[t, i]
+                and ppo.rollout.starts[t + 1, i]
+            )
             checked += 1
     assert checked >= 4
     # Not truncated: next value is V(obs[t+1]).
-    torch.testing.assert_close(ppo.next_values[0], ppo.values[1])
+    torch.testing.assert_close(ppo.rollout.next_values[0], ppo.rollout.values[1])
 
 
 def test_target_kl_stops_the_update_early() -> None:
@@ -247,6 +253,30 @@ def test_smoke_metrics(algo: str) -> None:
         assert m["losses/rnd"] > 0 and "charts/intrinsic_reward" in m
     if algo == "ppo-lstm":
         assert m["losses/lstm_penalty"] >= 0
+
+
+@pytest.mark.parametrize("algo", ["ppo", "ppo-lstm", "ppo-rnd"])
+def test_async_collect_overlaps_and_lags_one_update(algo: str) -> None:
+    ppo = PPO(tiny(algo, async_collect=True), FakeVectorEnv(num_envs=2, max_len=12))
+    try:
+        m1 = ppo.collect()
+        first_actor = {k: v.clone() for k, v in ppo.model.state_dict().items()}
+        ppo.learn()
+        m2 = ppo.collect()  # collected during learn() with the weights from before it
+        assert "time/wait" in m1 and "time/wait" in m2
+        ppo.learn()
+        buf = ppo.rollout
+        snapshot = PPO(tiny(algo), obs_shape=(4, 84, 84), n_actions=3).model
+        snapshot.load_state_dict(first_actor)
+        if algo != "ppo-lstm":  # the LSTM's logprobs also depend on the carried state
+            with torch.no_grad():
+                logits = snapshot(buf.obs[:4].reshape(-1, 4, 84, 84)).logits
+            logp = torch.log_softmax(logits, -1).gather(-1, buf.actions[:4].reshape(-1, 1))
+            torch.testing.assert_close(logp.reshape(4, 2), buf.logprobs[:4], rtol=1e-4, atol=1e-5)
+        m3 = ppo.collect() | ppo.learn()
+        assert ppo.global_step == 96 and ppo.update == 3 and math.isfinite(m3["losses/policy"])
+    finally:
+        ppo.close()
 
 
 def _through_disk(tensors: dict, meta: dict) -> tuple[dict, dict]:
@@ -326,6 +356,6 @@ def test_smoke_on_the_real_env() -> None:
             ppo = PPO(tiny(algo, rnd_init_steps=2), env)
             m = ppo.collect() | ppo.learn()
             assert math.isfinite(m["losses/policy"]) and ppo.global_step == 32
-            assert ppo.obs.dtype == torch.uint8 and int(ppo.obs.max()) > 0
+            assert ppo.rollout.obs.dtype == torch.uint8 and int(ppo.rollout.obs.max()) > 0
     finally:
         env.close()

@@ -95,6 +95,11 @@ class PPOConfig:
     collect_threads: int = 1
     """torch intra-op threads while collecting: batch-8 inference gains nothing from a second thread,
     and an OpenMP barrier per step stalls badly whenever the other core is busy (0 = torch_threads)."""
+    async_collect: bool = False
+    """Collect the next rollout in a background thread (with a snapshot of the policy) while
+    learning on the last one. The emulator releases the GIL, so env stepping and learning share
+    the cores; costs one update of policy lag (PPO's ratio is taken against the behaviour
+    policy's stored log-probs, so clipping still bounds the step). Not bit-reproducible."""
     device: str = "cpu"
     """Torch device."""
     seed: int = 1
