@@ -260,10 +260,12 @@ def test_async_collect_overlaps_and_lags_one_update(algo: str) -> None:
     ppo = PPO(tiny(algo, async_collect=True), FakeVectorEnv(num_envs=2, max_len=12))
     try:
         m1 = ppo.collect()
+        assert all(0 < ep["step"] <= 32 for ep in ppo.episodes)
         first_actor = {k: v.clone() for k, v in ppo.model.state_dict().items()}
         ppo.learn()
         m2 = ppo.collect()  # collected during learn() with the weights from before it
         assert "time/wait" in m1 and "time/wait" in m2
+        assert all(32 < ep["step"] <= 64 for ep in ppo.episodes)
         ppo.learn()
         buf = ppo.rollout
         snapshot = PPO(tiny(algo), obs_shape=(4, 84, 84), n_actions=3).model

@@ -354,9 +354,10 @@ class PPO:
             buf = self._pending.result()
             self._pending = None
             self._spare, self.rollout = self.rollout, buf
+        self.global_step += self.cfg.batch_size
+        if self._pool is not None:
             self._launch()
         wait = time.perf_counter() - t0
-        self.global_step += self.cfg.batch_size
         self.episodes = buf.episodes
         self.episodes_done += len(buf.episodes)
         metrics = dict(buf.times)
@@ -384,7 +385,7 @@ class PPO:
             for dst, src in zip(self._actor.parameters(), self.model.parameters(), strict=True):
                 dst.copy_(src)
         buf = self._spare
-        buf.first_step = self.global_step + self.cfg.batch_size
+        buf.first_step = self.global_step
         self._pending = self._pool.submit(self._collect_into, buf, self._actor)
 
     def _wait_pending(self) -> None:
