@@ -200,6 +200,7 @@ def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -
                 if r.ok:
                     log.log(r.step, {f"eval/{k}": v for k, v in (r.metrics or {}).items()})
             print(f"{stop_reason}: final checkpoint {final}", file=out)
+    ppo.close()
     envs.close()
     print(f"run directory: {run.path}", file=out)
     return code
