@@ -33,6 +33,9 @@ from .rules import (
 from .snapshots import rom_path, start_snapshot
 from .stages import StageSelection, parse_stages
 
+# OpenCV's own thread pool would fight the env threads for the same cores on an 84x84 resize.
+cv2.setNumThreads(1)
+
 HUD_ROWS = 32
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 # Bound on frames spent fast-forwarding one cut-scene, so a stuck game cannot hang a step.
