@@ -197,3 +197,16 @@ class _Boom:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def test_every_preset_loads_and_validates():
+    from mario_rl.cli import build_parser, train_job
+    from mario_rl.config import list_presets, load_preset
+
+    for name in list_presets():
+        stages = next(iter(load_preset(name).get("stage", {"1-1": {}})))
+        ns = build_parser().parse_args(["train", "--preset", name, "--stages", stages])
+        job = train_job(ns)
+        job.ppo.validate()
+        job.env.validate()
+        assert job.env.stages == stages

@@ -248,7 +248,7 @@ def test_smoke_metrics(algo: str) -> None:
         assert tag in m and (math.isfinite(m[tag]) or tag == "debug/explained_variance"), tag
     assert ppo.global_step == 64 and ppo.update == 2
     assert ppo.episodes and {"r", "l", "x_max", "flag", "env", "step"} <= set(ppo.episodes[0])
-    assert "rewards/progress" in m and "charts/episodic_return" in m
+    assert "rewards/progress" in m and "charts/episode_return" in m
     if algo == "ppo-rnd":
         assert m["losses/rnd"] > 0 and "charts/intrinsic_reward" in m
     if algo == "ppo-lstm":

@@ -372,7 +372,7 @@ class PPO:
         metrics["charts/reward_per_step"] = float(buf.rewards.mean())
         if buf.episodes:
             metrics["charts/episodes"] = float(len(buf.episodes))
-            for key, tag in (("r", "episodic_return"), ("l", "episodic_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
+            for key, tag in (("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
                 vals = [float(e[key]) for e in buf.episodes if key in e]
                 if vals:
                     metrics[f"charts/{tag}"] = float(np.mean(vals))
