@@ -20,10 +20,9 @@ from mario_rl.algos.common import (
     explained_variance,
     gae,
     linear_schedule,
-    optimizer_from_flat,
-    optimizer_to_flat,
 )
 from mario_rl.algos.ppo import PPO, measure_learn_speed, ppo_losses
+from mario_rl.checkpoint import load_optimizer_state, optimizer_state_tensors
 from mario_rl.config.ppo import PPOConfig
 
 
@@ -329,10 +328,10 @@ def test_optimizer_flat_round_trip() -> None:
     opt = torch.optim.Adam(w.parameters(), lr=1e-3, eps=1e-5)
     w(torch.ones(1, 3)).sum().backward()
     opt.step()
-    t, m = optimizer_to_flat(opt)
+    t, m = optimizer_state_tensors(opt)
     t, m = _through_disk(t, m)
     opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=5.0)
-    optimizer_from_flat(opt2, t, m)
+    load_optimizer_state(opt2, t, m)
     s1, s2 = opt.state_dict(), opt2.state_dict()
     assert s1["param_groups"] == s2["param_groups"]
     for k in s1["state"]:

@@ -819,8 +819,13 @@ def strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, 
 def optimizer_state_tensors(
     optimizer: torch.optim.Optimizer, prefix: str = "optim/"
 ) -> tuple[dict[str, torch.Tensor], Any]:
-    """Flatten ``optimizer.state_dict()`` (Adam, RMSprop, shared-memory variants) to tensors + JSON."""
-    return flatten_state(optimizer.state_dict(), prefix)
+    """Flatten ``optimizer.state_dict()`` (Adam, RMSprop, shared-memory variants) to tensors + JSON.
+
+    The tensors are contiguous copies: the live state keeps changing with later steps, and
+    state of channels-last parameters is not contiguous (safetensors refuses that).
+    """
+    tensors, spec = flatten_state(optimizer.state_dict(), prefix)
+    return {k: v.detach().contiguous().clone() for k, v in tensors.items()}, spec
 
 
 def load_optimizer_state(

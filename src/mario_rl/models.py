@@ -40,17 +40,24 @@ class PixelConv2d(nn.Conv2d):
 
 
 # -- encoders ------------------------------------------------------------------------------------
-class NatureCNN(nn.Module):
-    """The DQN Nature CNN: 32 8x8/4, 64 4x4/2, 64 3x3/1, then a ReLU FC layer."""
+class ConvEncoder(nn.Module):
+    """The DQN Nature CNN shape: c1 8x8/4, c2 4x4/2, c3 3x3/1 convs, then a ReLU FC layer."""
 
-    def __init__(self, in_channels: int, obs_hw: tuple[int, int], features: int = 512):
+    def __init__(
+        self,
+        in_channels: int,
+        obs_hw: tuple[int, int],
+        features: int,
+        widths: tuple[int, int, int],
+    ):
         super().__init__()
+        c1, c2, c3 = widths
         self.convs = nn.Sequential(
-            layer_init(PixelConv2d(in_channels, 32, 8, stride=4)),
+            layer_init(PixelConv2d(in_channels, c1, 8, stride=4)),
             nn.ReLU(),
-            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            layer_init(nn.Conv2d(c1, c2, 4, stride=2)),
             nn.ReLU(),
-            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            layer_init(nn.Conv2d(c2, c3, 3, stride=1)),
             nn.ReLU(),
             nn.Flatten(),
         )
@@ -63,28 +70,15 @@ class NatureCNN(nn.Module):
         return self.fc(self.convs(x))
 
 
-class SmallCNN(nn.Module):
-    """Half-width Nature CNN: 16 8x8/4, 32 4x4/2, 32 3x3/1, then 256 features. ~4x fewer MACs than
-    Nature and a 1568-wide (not 3136) FC input; measured ~2.5x faster to train on 2 CPU cores."""
+def NatureCNN(in_channels: int, obs_hw: tuple[int, int], features: int = 512) -> ConvEncoder:
+    """The DQN Nature CNN: 32 8x8/4, 64 4x4/2, 64 3x3/1, then 512 features."""
+    return ConvEncoder(in_channels, obs_hw, features, (32, 64, 64))
 
-    def __init__(self, in_channels: int, obs_hw: tuple[int, int], features: int = 256):
-        super().__init__()
-        self.convs = nn.Sequential(
-            layer_init(PixelConv2d(in_channels, 16, 8, stride=4)),
-            nn.ReLU(),
-            layer_init(nn.Conv2d(16, 32, 4, stride=2)),
-            nn.ReLU(),
-            layer_init(nn.Conv2d(32, 32, 3, stride=1)),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
-        self.fc = nn.Sequential(
-            layer_init(nn.Linear(_flat_size(self.convs, in_channels, obs_hw), features)), nn.ReLU()
-        )
-        self.features = features
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.convs(x))
+def SmallCNN(in_channels: int, obs_hw: tuple[int, int], features: int = 256) -> ConvEncoder:
+    """Half-width Nature CNN: 16-32-32 convs, then 256 features. ~4x fewer MACs than Nature and a
+    1568-wide (not 3136) FC input; measured ~2.5x faster to train on 2 CPU cores."""
+    return ConvEncoder(in_channels, obs_hw, features, (16, 32, 32))
 
 
 class _ResidualBlock(nn.Module):

@@ -7,8 +7,6 @@ checked against hand-computed values (tests/test_ppo.py).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
@@ -105,51 +103,3 @@ class RunningMeanStd(nn.Module):
         std = self.var.to(x.dtype).add(1e-8).sqrt()
         y = (x - mean) / std
         return y.clamp(-clip, clip) if clip is not None else y
-
-
-def optimizer_to_flat(
-    optimizer: torch.optim.Optimizer, prefix: str = "optim."
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """An optimizer's state as flat ``{name: tensor}`` plus a JSON-able dict (no pickle).
-
-    Tensor entries of the per-parameter state become ``{prefix}{param_index}.{key}``; everything
-    else (param groups' hyper-parameters, non-tensor state) goes to the JSON side.
-    """
-    sd = optimizer.state_dict()
-    tensors: dict[str, Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, state in sd["state"].items():
-        for key, value in state.items():
-            if isinstance(value, Tensor):
-                tensors[f"{prefix}{idx}.{key}"] = value.detach().contiguous().clone()
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    groups = [
-        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
-        for g in sd["param_groups"]
-    ]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def optimizer_from_flat(
-    optimizer: torch.optim.Optimizer,
-    tensors: dict[str, Tensor],
-    meta: dict[str, Any],
-    prefix: str = "optim.",
-) -> None:
-    """Inverse of :func:`optimizer_to_flat`: restore the exact optimizer state."""
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        if not name.startswith(prefix):
-            continue
-        idx, key = name[len(prefix) :].split(".", 1)
-        state.setdefault(int(idx), {})[key] = value.clone()
-    for idx, extra in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(extra)
-    groups = []
-    for g in meta["param_groups"]:
-        g = dict(g)
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-        groups.append(g)
-    optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -33,9 +33,8 @@ from mario_rl.algos.common import (
     explained_variance,
     gae,
     linear_schedule,
-    optimizer_from_flat,
-    optimizer_to_flat,
 )
+from mario_rl.checkpoint import load_optimizer_state, optimizer_state_tensors
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, RNDModel, build_model
 
@@ -758,7 +757,7 @@ class PPO:
             f"model.{k}": v.detach().contiguous().clone()
             for k, v in self.model.state_dict().items()
         }
-        opt_tensors, opt_meta = optimizer_to_flat(self.optimizer, "optim.")
+        opt_tensors, opt_meta = optimizer_state_tensors(self.optimizer, "optim.")
         tensors |= opt_tensors
         if self.rnd is not None:
             tensors |= {
@@ -814,7 +813,7 @@ class PPO:
         self.model.spec.check_compatible(ModelSpec.from_dict(meta["model_spec"]))
         self._wait_pending()
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer_from_flat(self.optimizer, tensors, meta["optimizer"], "optim.")
+        load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
         if self.rnd is not None:
             self.rnd.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("rnd.")})
             self.int_reward_rms.load_state_dict(

@@ -21,13 +21,15 @@ from .rules import (
     CHANGE_AREA_TIMER,
     COMPONENTS,
     GAME_MODE,
+    LIVES,
     PLAYER_STATE,
     PRELEVEL_TIMER,
     STATE_DEAD,
+    STATE_DYING,
+    Y_VIEWPORT,
     Episode,
     Outcome,
     Rules,
-    read,
     stage_number,
 )
 from .snapshots import rom_path, start_snapshot
@@ -102,19 +104,29 @@ class EmulatorGroup:
         """New random streams for stage draws and no-op starts."""
         self.rngs = [np.random.default_rng(seed) for seed in seeds]
 
+    @staticmethod
+    def _in_cut_scene(ram: bytes | np.ndarray) -> bool:
+        """Whether the game is in something to fast-forward (checked on every step: cheap)."""
+        state = ram[PLAYER_STATE]
+        return ram[LIVES] != 0xFF and (
+            state in BUSY_STATES
+            or state in (STATE_DEAD, STATE_DYING)
+            or ram[Y_VIEWPORT] > 1
+            or ram[GAME_MODE] == 2
+            or 1 < ram[CHANGE_AREA_TIMER] < 255
+        )
+
     def _fast_forward(self, i: int) -> None:
         """Skip death animations, pipe/area transitions and other cut-scenes of env ``i``."""
         ram = self.emu.rams[i]
         for _ in range(_FAST_FORWARD_LIMIT):
-            r = read(ram.tobytes())
-            if r.lives == 0xFF:
+            if not self._in_cut_scene(ram):
                 return
-            if r.dying and r.state != STATE_DEAD:
+            state = ram[PLAYER_STATE]
+            if (state == STATE_DYING or ram[Y_VIEWPORT] > 1) and state != STATE_DEAD:
                 ram[PLAYER_STATE] = STATE_DEAD
             elif 1 < ram[CHANGE_AREA_TIMER] < 255:
                 ram[CHANGE_AREA_TIMER] = 1
-            elif not (r.state in BUSY_STATES or ram[GAME_MODE] == 2 or r.state == STATE_DEAD):
-                return
             ram[PRELEVEL_TIMER] = 0
             self.emu.step_one(i, 0)
             self.frames += 1
@@ -170,7 +182,8 @@ class EmulatorGroup:
         outcomes: list[Outcome] = []
         moved = np.zeros(n, bool)
         for i in range(n):
-            out = self.rules[i].step(self.episodes[i], self.emu.rams[i].tobytes())
+            ram = self.emu.rams[i].tobytes()
+            out = self.rules[i].step(self.episodes[i], ram)
             outcomes.append(out)
             rewards[i] = out.reward
             terminated[i] = out.terminated
@@ -178,7 +191,7 @@ class EmulatorGroup:
             for name, v in out.components.items():
                 if v:
                     components[name][i] = v
-            if not (out.terminated or out.truncated):
+            if not (out.terminated or out.truncated) and self._in_cut_scene(ram):
                 before = self.frames
                 self._fast_forward(i)
                 moved[i] = self.frames != before
