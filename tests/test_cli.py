@@ -207,6 +207,6 @@ def test_every_preset_loads_and_validates():
         stages = next(iter(load_preset(name).get("stage", {"1-1": {}})))
         ns = build_parser().parse_args(["train", "--preset", name, "--stages", stages])
         job = train_job(ns)
-        job.ppo.validate()
+        (job.a3g if job.algo == "a3g" else job.ppo).validate()
         job.env.validate()
         assert job.env.stages == stages

@@ -230,3 +230,33 @@ def test_all_stages_draws_different_stages():
     _, info = env.reset(seed=3)
     assert len(set(info["stage"].tolist())) > 1
     env.close()
+
+
+def test_progress_starts_resume_from_reached_states_and_are_marked():
+    # Running right on 1-1 reaches a few hundred px before the first Goomba: those states are
+    # kept, and with progress_starts most later episodes begin from one of them.
+    cfg = EnvConfig(stages="1-1", actions="right-only", progress_starts=0.9, noop_max=0)
+    env = make_vector_env(cfg, num_envs=1, workers=1, seed=3)
+    env.reset(seed=3)
+    episodes = []
+    for _ in range(600):
+        _, _, term, trunc, info = env.step(np.array([RIGHT]))
+        if (term | trunc)[0]:
+            episodes.append(
+                (bool(info["episode"]["restored"][0]), int(info["episode"]["x_max"][0]))
+            )
+    reached = dict(env.groups[0].reached)
+    env.close()
+    assert len(episodes) >= 3
+    assert episodes[0][0] is False  # nothing was reached before the first episode
+    restored = [x for r, x in episodes if r]
+    assert restored, episodes
+    assert reached and all(k[0] == "1-1" for k in reached)
+    # A restored episode starts past the stage start, so it gets farther than x 40.
+    assert min(restored) > 256
+
+
+def test_progress_starts_off_by_default_and_never_in_evaluation_config():
+    assert EnvConfig().progress_starts == 0.0
+    with pytest.raises(ValueError, match="progress_starts"):
+        EnvConfig(progress_starts=1.0).validate()

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from . import cliargs
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", action="store_true", help="print JSON only")
     _env_args(be)
 
-    tr = sub.add_parser("train", help="train an agent (PPO, recurrent PPO, PPO+RND)")
+    tr = sub.add_parser("train", help="train an agent (PPO, recurrent PPO, PPO+RND, A3G)")
     _train_args(tr)
     bt = bsub.add_parser("train", help="env-only rate vs training rate, per-phase shares")
     _train_args(bt)
@@ -96,19 +97,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", default=None, metavar="FILE|-", help="write the JSON report (- for stdout)"
     )
     ev.add_argument("--csv", default=None, metavar="FILE", help="write a CSV table")
+    _media_parsers(sub)
     return parser
 
 
 # Flags named as the recurrent-PPO seed's table and the issue tracker name them.
 _PPO_RENAME = {"num_envs": "envs"}
+# A3G's names for two PPO knobs; either spelling works with every algorithm.
+_A3G_ALIASES = {"entropy_coef": "ent_coef", "value_coef": "vf_coef"}
+
+
+def _shared_fields() -> set[str]:
+    """Fields PPO and A3G both have: one flag each (parsed as PPO's, read by either)."""
+    import dataclasses
+
+    from .config.a3g import A3GConfig
+    from .config.ppo import PPOConfig
+
+    ppo = {f.name for f in dataclasses.fields(PPOConfig)}
+    return {f.name for f in dataclasses.fields(A3GConfig)} & ppo
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+
+    from .config.a3g import A3GConfig
     from .config.ppo import PPOConfig
 
     p.add_argument(
         "--algo",
-        choices=["ppo", "ppo-lstm", "ppo-rnd"],
+        choices=["ppo", "ppo-lstm", "ppo-rnd", "a3g"],
         default=argparse.SUPPRESS,
         help="algorithm (default: ppo)",
     )
@@ -117,10 +135,27 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=_positive_int("--workers"),
         default=None,
-        help="env threads stepping the emulators (default: 2, at most --envs)",
+        help="PPO: env threads stepping the emulators (default: 2, at most --envs); "
+        "a3g: worker processes (default: 2)",
     )
-    g = p.add_argument_group("algorithm")
-    cliargs.add_dataclass_args(g, PPOConfig, "ppo", rename=_PPO_RENAME, skip=("algo",))
+    shared = _shared_fields()
+    a3g_defaults = {f.name: f.default for f in dataclasses.fields(A3GConfig)}
+    notes = {name: f"a3g: {a3g_defaults[name]}" for name in shared}
+    notes |= {ppo: f"a3g: {a3g_defaults[a3g]}" for a3g, ppo in _A3G_ALIASES.items()}
+    g = p.add_argument_group("algorithm (PPO family; those marked a3g also apply to A3G)")
+    cliargs.add_dataclass_args(g, PPOConfig, "ppo", rename=_PPO_RENAME, skip=("algo",), notes=notes)
+    ag = p.add_argument_group("A3G (--algo a3g)")
+    cliargs.add_dataclass_args(ag, A3GConfig, "a3g", skip=(*shared, "workers", "gpu_ids"))
+    ag.add_argument(
+        "--gpu-ids",
+        dest="a3g.gpu_ids",
+        nargs="+",
+        type=_gpu_id,
+        default=argparse.SUPPRESS,
+        metavar="ID",
+        help="devices of the workers' model copies, round-robin: -1 = CPU, 0 1 2 = cuda:0 … "
+        "(default: -1)",
+    )
     rg = p.add_argument_group("run")
     from .config import RunConfig
 
@@ -128,9 +163,27 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _env_args(p)
 
 
+def _gpu_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--gpu-ids expects -1 (CPU) or GPU indices like 0 1, got {text!r}"
+        ) from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(
+            f"--gpu-ids expects -1 (CPU) or GPU indices >= 0, got {text!r}"
+        )
+    return value
+
+
+def _flag(name: str) -> str:
+    return "--" + _PPO_RENAME.get(name, name).replace("_", "-")
+
+
 def train_job(ns: argparse.Namespace, command: str = ""):
-    """The TrainJob from defaults, then the preset, then the flags given."""
-    from .config import RunConfig, preset_sections
+    """The TrainJob (A3GJob for --algo a3g) from defaults, then the preset, then the flags given."""
+    from .config import RunConfig, load_preset, preset_sections
     from .config.ppo import PPOConfig
     from .training import TrainJob
 
@@ -139,15 +192,33 @@ def train_job(ns: argparse.Namespace, command: str = ""):
     run = RunConfig()
     env_flags = cliargs.given(ns, "env")
     stages = env_flags.get("stages", env.stages)
+    algo = getattr(ns, "algo", None)
+    if algo is None and ns.preset:
+        # A preset with an [a3g] table is an A3G preset.
+        algo = "a3g" if load_preset(ns.preset).get("a3g") else None
+    if algo == "a3g":
+        return _a3g_job(ns, command, stages)
+    ppo_flags = cliargs.given(ns, "ppo")
+    a3g_flags = cliargs.given(ns, "a3g")
+    for a3g_name, ppo_name in _A3G_ALIASES.items():
+        if a3g_name in a3g_flags:
+            if ppo_name in ppo_flags:
+                raise UsageError(f"give {_flag(ppo_name)} or {_flag(a3g_name)}, not both")
+            ppo_flags[ppo_name] = a3g_flags.pop(a3g_name)
+    if a3g_flags:
+        name = sorted(a3g_flags)[0]
+        raise UsageError(f"{_flag(name)} is an A3G option; use it with --algo a3g")
     if ns.preset:
         sections = preset_sections(ns.preset, list(_stage_list(stages)))
+        if sections["a3g"] and not sections["ppo"]:
+            raise UsageError(f"preset {ns.preset!r} is for A3G; use it with --algo a3g")
         cliargs.apply(env, sections["env"], "preset env")
         cliargs.apply(env.reward, sections["reward"], "preset reward")
         cliargs.apply(ppo, sections["ppo"], "preset ppo")
         cliargs.apply(run, sections["run"], "preset run")
-    if hasattr(ns, "algo"):
-        ppo.algo = ns.algo
-    cliargs.apply(ppo, cliargs.given(ns, "ppo"), "algorithm")
+    if algo is not None:
+        ppo.algo = algo
+    cliargs.apply(ppo, ppo_flags, "algorithm")
     cliargs.apply(run, cliargs.given(ns, "run"), "run")
     env = env_config(ns, env)
     ppo.validate()
@@ -158,6 +229,68 @@ def train_job(ns: argparse.Namespace, command: str = ""):
     return TrainJob(env, ppo, run, workers, command)
 
 
+def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
+    """The A3GJob: A3G defaults, then the preset's [a3g] table, then the flags given."""
+    from .config import RunConfig, preset_sections
+    from .config.a3g import A3GConfig
+    from .training import A3GJob
+
+    env, a3g, run = EnvConfig(), A3GConfig(), RunConfig()
+    if ns.preset:
+        sections = preset_sections(ns.preset, list(_stage_list(stages)), algo_section="a3g")
+        if sections["ppo"] and not sections["a3g"]:
+            raise UsageError(
+                f"preset {ns.preset!r} is for the PPO family; it has no [a3g] table for --algo a3g"
+            )
+        cliargs.apply(env, sections["env"], "preset env")
+        cliargs.apply(env.reward, sections["reward"], "preset reward")
+        cliargs.apply(a3g, sections["a3g"], "preset a3g")
+        cliargs.apply(run, sections["run"], "preset run")
+    shared = _shared_fields()
+    values: dict = {}
+    for name, value in cliargs.given(ns, "ppo").items():
+        if name in shared:
+            values[name] = value
+        elif name in _A3G_ALIASES.values():
+            a3g_name = next(k for k, v in _A3G_ALIASES.items() if v == name)
+            if a3g_name in cliargs.given(ns, "a3g"):
+                raise UsageError(f"give {_flag(name)} or {_flag(a3g_name)}, not both")
+            values[a3g_name] = value
+        else:
+            raise UsageError(
+                f"{_flag(name)} is a PPO option; --algo a3g does not use it"
+                " (see the A3G options in `mario-rl train --help`)"
+            )
+    values |= cliargs.given(ns, "a3g")
+    if ns.workers is not None:
+        values["workers"] = ns.workers
+    cliargs.apply(a3g, values, "a3g")
+    run_flags = cliargs.given(ns, "run")
+    if "log_every" in run_flags:
+        raise UsageError(
+            "--log-every counts PPO updates; A3G writes metric rows by time: use --log-interval-s"
+        )
+    cliargs.apply(run, run_flags, "run")
+    if a3g.train_stages and parse_stages_spec(cliargs.given(ns, "env").get("stages")) not in (
+        None,
+        "all",
+    ):
+        raise UsageError(
+            "--train-stages gives each worker its own stage (rank r plays stage r); drop --stages"
+        )
+    env = env_config(ns, env)
+    a3g.validate()
+    run.validate()
+    return A3GJob(env, a3g, run, command)
+
+
+def parse_stages_spec(stages: str | None) -> str | None:
+    """The normalised spec of a --stages value (None when not given)."""
+    from .envs import parse_stages
+
+    return None if stages is None else parse_stages(stages).spec
+
+
 def _stage_list(stages: str) -> tuple[str, ...]:
     from .envs import parse_stages
 
@@ -165,57 +298,251 @@ def _stage_list(stages: str) -> tuple[str, ...]:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from .training import train
+    from .training import A3GJob, train, train_a3g
 
     job = train_job(ns, "mario-rl " + " ".join(sys.argv[1:]))
     given_total = cliargs.given(ns, "ppo").get("total_steps")
+    if isinstance(job, A3GJob):
+        return train_a3g(job, total_steps_given=given_total)
     return train(job, total_steps_given=given_total)
 
 
 def _bench_train(ns: argparse.Namespace) -> int:
     from .bench import bench_train
+    from .training import A3GJob
 
     job = train_job(ns)
+    if isinstance(job, A3GJob):
+        raise UsageError(
+            "bench train measures the PPO family; A3G reports its steps/s as charts/SPS while training"
+        )
     return _report(bench_train(job, seconds=ns.seconds), ns.json)
 
 
 def _eval(ns: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .checkpoint import CheckpointError
-    from .envs import parse_stages
-    from .evaluation.evaluate import evaluate, summarise
-    from .evaluation.policy import load_policy
+    from .evaluation.evaluate import evaluate, game_runs, summarise
     from .evaluation.report import as_csv, as_json, as_text
 
     for flag, target in (("--json", ns.json), ("--csv", ns.csv)):
         if target and target != "-" and not Path(target).parent.is_dir():
             raise UsageError(f"{flag}: directory {Path(target).parent} does not exist")
-    try:
-        policy = load_policy(ns.checkpoint, deterministic=not ns.sample)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    stages = _stage_spec(ns.stages)  # a bad list is refused before any loading
+    policy = _load_policy(ns.checkpoint, ns.sample)
     env_config = policy.env_config
-    stages = parse_stages(ns.stages or env_config.stages).spec
+    stages = stages or _stage_spec(env_config.stages)
     env_config.noop_max = ns.noop_max
-    table = summarise(
-        evaluate(policy, env_config, stages, ns.episodes, seed=ns.seed, workers=ns.workers)
-    )
+    reports = evaluate(policy, env_config, stages, ns.episodes, seed=ns.seed, workers=ns.workers)
+    table = summarise(reports)
+    runs = game_runs(reports["game"]) if "game" in reports else None
     extra = {
         "stages_spec": stages,
         "seed": ns.seed,
         "noop_max": ns.noop_max,
         "greedy": not ns.sample,
     }
+    if runs is not None:
+        extra["game"] = {"runs": runs}
     doc = as_json(str(ns.checkpoint), ns.episodes, table, extra)
     if ns.json == "-":
         print(doc)
     else:
-        print(as_text(table))
+        print(as_text(table, runs))
         if ns.json:
             Path(ns.json).write_text(doc + "\n")
     if ns.csv:
         Path(ns.csv).write_text(as_csv(table))
+    return 0
+
+
+def _stage_spec(text: str | None) -> str | None:
+    """The normalised stage selection of a --stages value (None when not given)."""
+    from .envs import parse_stages
+
+    return None if text is None else parse_stages(text).spec
+
+
+def _load_policy(path: str, sample: bool):
+    """The checkpoint's policy, or a one-line UsageError saying why it cannot be used."""
+    import torch
+
+    from .checkpoint import CheckpointError
+    from .evaluation.policy import load_policy
+
+    # Batched inference of a few frames: one torch thread beats OpenMP threads that wait on
+    # cores the emulator threads (or a training run) keep busy.
+    torch.set_num_threads(1)
+    try:
+        return load_policy(path, deterministic=not sample)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+
+
+def _play_args(p: argparse.ArgumentParser, episodes: int) -> None:
+    """Options shared by the commands that play a checkpoint (record, play)."""
+    p.add_argument(
+        "--checkpoint", required=True, help="a checkpoint directory (e.g. runs/…/checkpoints/best)"
+    )
+    p.add_argument(
+        "--episodes",
+        type=_positive_int("--episodes"),
+        default=episodes,
+        help=f"episodes per stage (default {episodes})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the no-op starts (never a training stream)"
+    )
+    p.add_argument(
+        "--noop-max",
+        type=_nonnegative_int("--noop-max"),
+        default=30,
+        help="episodes start after 0..N no-op frames (default 30)",
+    )
+    p.add_argument(
+        "--sample", action="store_true", help="sample actions instead of the greedy argmax"
+    )
+    p.add_argument(
+        "--fps",
+        type=_positive_float("--fps"),
+        default=None,
+        help="frames per second (default: the game's own speed)",
+    )
+
+
+def _media_parsers(sub) -> None:
+    """The record, plot and play subcommands."""
+    rec = sub.add_parser("record", help="GIF/MP4 of a checkpoint playing: per stage, or a grid")
+    _play_args(rec, episodes=1)
+    rec.add_argument(
+        "--stages",
+        default=None,
+        help="1-1, a list, all or game (default: the stages it trained on)",
+    )
+    rec.add_argument("--format", choices=["gif", "mp4"], default="gif", help="video format")
+    rec.add_argument("--out", required=True, metavar="DIR", help="directory for the videos")
+    rec.add_argument(
+        "--grid", action="store_true", help="one video with every stage side by side (grid.gif)"
+    )
+    rec.add_argument(
+        "--every",
+        type=_positive_int("--every"),
+        default=None,
+        help="keep every K-th agent step (default 1; 2 with --grid): smaller files",
+    )
+    rec.add_argument(
+        "--tile-shrink",
+        type=int,
+        choices=[1, 2, 4],
+        default=2,
+        help="--grid tiles at 1/N of 256x240 (default 2)",
+    )
+    rec.add_argument("--workers", type=_positive_int("--workers"), default=2, help="env threads")
+
+    pl = sub.add_parser("plot", help="PNG training curves of a run, or the stage map of an eval")
+    pl.add_argument("source", metavar="RUN_DIR|EVAL.json", help="a run directory or eval JSON")
+    pl.add_argument("--out", default=None, metavar="DIR", help="directory (default: beside it)")
+
+    pa = sub.add_parser("play", help="watch a checkpoint play live in a window")
+    _play_args(pa, episodes=1)
+    pa.add_argument(
+        "--stage", default=None, help="one stage or game (default: its first training stage)"
+    )
+    pa.add_argument(
+        "--scale", type=_positive_int("--scale"), default=2, help="window size, x 256x240"
+    )
+
+
+def _out_dir(text: str) -> Path:
+    """An output directory that exists or can be made (nothing is created yet)."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} is a file; pass a directory (it is created if missing)")
+    return out
+
+
+def _record(ns: argparse.Namespace) -> int:
+    from .evaluation.media import realtime_fps, record, save_clips, save_grid
+
+    stages = _stage_spec(ns.stages)
+    out = _out_dir(ns.out)
+    policy = _load_policy(ns.checkpoint, ns.sample)
+    env_config = policy.env_config
+    stages = stages or _stage_spec(env_config.stages)
+    env_config.noop_max = ns.noop_max
+    every = ns.every or (2 if ns.grid else 1)
+    clips, palette, reports = record(
+        policy,
+        env_config,
+        stages,
+        ns.episodes,
+        seed=ns.seed,
+        workers=ns.workers,
+        every=every,
+        shrink=ns.tile_shrink if ns.grid else 1,
+    )
+    fps = ns.fps or realtime_fps(env_config, every)
+    if ns.grid:
+        paths = [save_grid(clips, palette, out / f"grid.{ns.format}", ns.format, fps)]
+    else:
+        paths = save_clips(clips, palette, out, ns.format, fps)
+    for report in reports.values():
+        for ep in report.episodes:
+            print(
+                f"{ep.path[0].stage}: x {ep.x_max} ({ep.start.progress:.0%}), "
+                f"{'cleared' if ep.cleared else 'not cleared'}, {ep.stages_cleared} flag(s), "
+                f"ended by {ep.reason} after {ep.steps} steps"
+            )
+    for path in paths:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _plot(ns: argparse.Namespace) -> int:
+    from .evaluation.plots import success_map, training_curves
+    from .runner import read_metrics
+
+    src = Path(ns.source)
+    hint = "pass a run directory (holding metrics.jsonl) or an eval JSON (mario-rl eval --json)"
+    if not src.exists():
+        raise UsageError(f"{src} does not exist; {hint}")
+    out = _out_dir(ns.out) if ns.out else (src if src.is_dir() else src.parent)
+    if src.is_dir() or src.name.endswith(".jsonl"):
+        metrics = src / "metrics.jsonl" if src.is_dir() else src
+        rows = read_metrics(metrics)
+        if not rows:
+            raise UsageError(f"{metrics} is missing or has no metric rows; {hint}")
+        out.mkdir(parents=True, exist_ok=True)
+        name = src.name if src.is_dir() else src.parent.name
+        path = training_curves(rows, out / "training-curves.png", title=name)
+    else:
+        try:
+            doc = json.loads(src.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(f"{src} is not JSON ({e}); {hint}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("stages"), dict):
+            raise UsageError(f"{src} has no 'stages' table; {hint}")
+        out.mkdir(parents=True, exist_ok=True)
+        path = success_map(doc, out / f"{src.stem}-success-map.png")
+    print(f"wrote {path}")
+    return 0
+
+
+def _play(ns: argparse.Namespace) -> int:
+    from .evaluation.watch import DisplayError, open_viewer, play
+
+    stage = _stage_spec(ns.stage)
+    if stage is not None and stage != "game" and len(_stage_list(stage)) != 1:
+        raise UsageError(f"--stage takes one stage (1-1 … 8-4) or game, got {ns.stage!r}")
+    policy = _load_policy(ns.checkpoint, ns.sample)
+    env_config = policy.env_config
+    env_config.noop_max = ns.noop_max
+    if stage is None:
+        sel = _stage_spec(env_config.stages)
+        stage = "game" if sel == "game" else _stage_list(sel)[0]
+    try:
+        viewer = open_viewer(f"mario-rl: {stage}", scale=ns.scale)
+    except DisplayError as e:
+        raise UsageError(str(e)) from None
+    play(policy, env_config, stage, viewer, episodes=ns.episodes, seed=ns.seed, fps=ns.fps)
     return 0
 
 
@@ -298,7 +625,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(argv)
         if ns.command == "bench":
             return _bench_env(ns) if ns.what == "env" else _bench_train(ns)
-        handlers = {"train": _train, "presets": _presets, "eval": _eval}
+        handlers = {
+            "train": _train,
+            "presets": _presets,
+            "eval": _eval,
+            "record": _record,
+            "plot": _plot,
+            "play": _play,
+        }
         return handlers[ns.command](ns)
     except (UsageError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -71,9 +71,13 @@ def add_dataclass_args(
     flag_prefix: str = "",
     rename: dict[str, str] | None = None,
     skip: tuple[str, ...] = (),
+    notes: dict[str, str] | None = None,
 ) -> None:
-    """Add one flag per field of ``cls``; values land in ``dest_prefix.field`` only when given."""
+    """Add one flag per field of ``cls``; values land in ``dest_prefix.field`` only when given.
+
+    ``notes`` appends text to some fields' help (e.g. another algorithm's default)."""
     rename = rename or {}
+    notes = notes or {}
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -85,7 +89,8 @@ def add_dataclass_args(
         flag = "--" + rename.get(f.name, flag_prefix + f.name.replace("_", "-"))
         dest = f"{dest_prefix}.{f.name}"
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        note = f"; {notes[f.name]}" if f.name in notes else ""
+        help_text = f"{docs.get(f.name, '')} (default: {default}{note})"
         if tp is bool:
             parser.add_argument(
                 flag,

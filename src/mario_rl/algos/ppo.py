@@ -357,7 +357,10 @@ class PPO:
         if self._pool is not None:
             self._launch()
         wait = time.perf_counter() - t0
-        self.episodes = buf.episodes
+        # Episodes begun from a saved progress state (EnvConfig.progress_starts) would inflate
+        # the stage's flag rate and x: they are counted apart, and not in self.episodes.
+        restored = [e for e in buf.episodes if e.get("restored")]
+        self.episodes = [e for e in buf.episodes if not e.get("restored")]
         self.episodes_done += len(buf.episodes)
         metrics = dict(buf.times)
         if self._pool is not None:
@@ -369,12 +372,17 @@ class PPO:
         for name, total in buf.components.items():
             metrics[f"rewards/{name}"] = float(total.sum() / self.cfg.batch_size)
         metrics["charts/reward_per_step"] = float(buf.rewards.mean())
-        if buf.episodes:
-            metrics["charts/episodes"] = float(len(buf.episodes))
+        if self.episodes:
+            metrics["charts/episodes"] = float(len(self.episodes))
             for key, tag in (("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
-                vals = [float(e[key]) for e in buf.episodes if key in e]
+                vals = [float(e[key]) for e in self.episodes if key in e]
                 if vals:
                     metrics[f"charts/{tag}"] = float(np.mean(vals))
+        if restored:
+            metrics["charts/restored_episodes"] = float(len(restored))
+            metrics["charts/restored_flag_rate"] = float(
+                np.mean([bool(e["flag"]) for e in restored])
+            )
         return metrics
 
     def _launch(self) -> None:

@@ -87,6 +87,11 @@ class EnvConfig:
     """Episodes start after 0..noop_max emulator frames of no-op (seeded); 0 = off."""
     noop_random: bool = False
     """Use random actions instead of no-ops for the start frames."""
+    progress_starts: float = 0.0
+    """Training aid: the chance that an episode starts from a state an earlier episode of the
+    same env group reached on that stage (a few kept per 256 px of x) instead of the stage's
+    start, so the far parts of a stage get practised; 0 = off. Not used in 'game' mode;
+    evaluation always starts at the stage start. Such episodes are marked 'restored'."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward shaping."""
 
@@ -122,6 +127,8 @@ class EnvConfig:
         for name, low in [("frame_skip", 1), ("size", 8), ("frame_stack", 1)]:
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0.0 <= self.progress_starts < 1.0:
+            raise ValueError(f"progress_starts must be in [0, 1), got {self.progress_starts}")
         for name in ("time_per_stage", "stall_steps", "max_steps", "noop_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")

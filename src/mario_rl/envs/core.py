@@ -8,7 +8,7 @@ group of one. Both therefore give the same observations, rewards and termination
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -42,6 +42,10 @@ HUD_ROWS = 32
 _INTERP = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 # Bound on frames spent fast-forwarding one cut-scene, so a stuck game cannot hang a step.
 _FAST_FORWARD_LIMIT = 2000
+# Progress starts: states are kept per (stage, area, x // _BUCKET_PX), a few per bucket, so
+# every part of a stage the agent has reached is practised about equally often.
+_BUCKET_PX = 256
+_PER_BUCKET = 4
 
 
 @dataclass
@@ -56,6 +60,8 @@ class StepResult:
     final_obs: dict[int, np.ndarray]
     finished: dict[int, dict]
     """Episode stats of the envs whose episode ended this step."""
+    final_rgb: dict[int, np.ndarray] = field(default_factory=dict)
+    """Full-colour last screens of the envs whose episode ended (only with ``keep_final_rgb``)."""
 
 
 class EmulatorGroup:
@@ -77,8 +83,17 @@ class EmulatorGroup:
         self.rngs = [np.random.default_rng(seed) for seed in seeds]
         self.episodes: list[Episode] = []
         self.rules = [Rules(config, sel.game) for sel in self.selection]
+        self.reached: dict[tuple[str, int, int], list[object]] = {}
+        """Progress starts: saved native states by (stage, area, x bucket)."""
+        self._bucket = np.full(n, -1, np.int64)
+        self.restored = np.zeros(n, bool)
+        """Whether env ``i``'s current episode began from a saved progress state."""
         self.frames = 0
         """Emulated frames so far (including fast-forwarded cut-scenes and no-op starts)."""
+        self.keep_final_rgb = False
+        """Recording hook: when set, ``step`` copies the screen of each env whose episode ends
+        before the automatic reset draws over it (``StepResult.final_rgb``). Off in training,
+        where it costs one flag test per finished episode."""
 
     # -- observations -------------------------------------------------------------------------
     def _resize(self, gray: np.ndarray) -> np.ndarray:
@@ -137,8 +152,12 @@ class EmulatorGroup:
         rng = self.rngs[i]
         if restart:
             stage = None if sel.game else sel.sample(rng)
-            self.emu.load_state(i, start_snapshot(stage))
+            saved = self._progress_start(stage, rng)
+            self.restored[i] = saved is not None
+            self.emu.load_state(i, start_snapshot(stage) if saved is None else saved)
             k = int(rng.integers(0, self.cfg.noop_max + 1)) if self.cfg.noop_max else 0
+            if saved is not None:
+                k = 0
             for _ in range(k):
                 a = (
                     self.action_map[rng.integers(len(self.action_map))]
@@ -153,8 +172,33 @@ class EmulatorGroup:
             self.episodes[i] = ep
         else:
             self.episodes.append(ep)
+        self._bucket[i] = ep.x // _BUCKET_PX
         self.emu.observation_one(i, "grayscale", output=self.gray[i])
         self.stack[i] = self._resize(self.gray[i])
+
+    def _progress_start(self, stage: str | None, rng: np.random.Generator) -> object | None:
+        """A saved state of ``stage`` to start from (bucket drawn uniformly), or None."""
+        p = self.cfg.progress_starts
+        if stage is None or not p or rng.random() >= p:
+            return None
+        keys = [k for k in self.reached if k[0] == stage]
+        if not keys:
+            return None
+        states = self.reached[keys[int(rng.integers(len(keys)))]]
+        return states[int(rng.integers(len(states)))]
+
+    def _remember(self, i: int, ep: Episode) -> None:
+        """Keep env ``i``'s state when it first enters a farther x bucket in this episode."""
+        b = ep.x // _BUCKET_PX
+        if b <= self._bucket[i]:
+            return
+        self._bucket[i] = b
+        states = self.reached.setdefault((ep.stage, ep.area, b), [])
+        if len(states) < _PER_BUCKET:
+            states.append(self.emu.dump_state(i))
+        else:
+            # Replace at random so the kept states follow the current policy's play.
+            states[int(self.rngs[i].integers(_PER_BUCKET))] = self.emu.dump_state(i)
 
     def reset(self) -> np.ndarray:
         """Start every env; returns a copy of the stacked observations."""
@@ -181,6 +225,7 @@ class EmulatorGroup:
         components = {c: np.zeros(n, np.float32) for c in COMPONENTS}
         outcomes: list[Outcome] = []
         moved = np.zeros(n, bool)
+        remember = cfg.progress_starts > 0
         for i in range(n):
             ram = self.emu.rams[i].tobytes()
             out = self.rules[i].step(self.episodes[i], ram)
@@ -191,10 +236,13 @@ class EmulatorGroup:
             for name, v in out.components.items():
                 if v:
                     components[name][i] = v
-            if not (out.terminated or out.truncated) and self._in_cut_scene(ram):
-                before = self.frames
-                self._fast_forward(i)
-                moved[i] = self.frames != before
+            if not (out.terminated or out.truncated):
+                if self._in_cut_scene(ram):
+                    before = self.frames
+                    self._fast_forward(i)
+                    moved[i] = self.frames != before
+                elif remember:
+                    self._remember(i, self.episodes[i])
 
         self.emu.observation("grayscale", output=self.gray)
         if cfg.max_pool and skip > 1:
@@ -206,15 +254,25 @@ class EmulatorGroup:
                 np.maximum(self.gray, self.prev_gray, out=self.gray)
         final_obs: dict[int, np.ndarray] = {}
         finished: dict[int, dict] = {}
+        final_rgb: dict[int, np.ndarray] = {}
         for i in range(n):
             self._push(i, self._resize(self.gray[i]))
             out = outcomes[i]
             if out.terminated or out.truncated:
                 final_obs[i] = self.stack[i].copy()
-                finished[i] = self._episode_stats(self.episodes[i], out)
+                finished[i] = self._episode_stats(i, self.episodes[i], out)
+                if self.keep_final_rgb:
+                    final_rgb[i] = self.rgb(i)
                 self.reset_env(i, restart=self._restart_after(i, out))
         return StepResult(
-            self.stack.copy(), rewards, terminated, truncated, components, final_obs, finished
+            self.stack.copy(),
+            rewards,
+            terminated,
+            truncated,
+            components,
+            final_obs,
+            finished,
+            final_rgb,
         )
 
     def _restart_after(self, i: int, out: Outcome) -> bool:
@@ -223,7 +281,7 @@ class EmulatorGroup:
             return True
         return out.reason not in ("death", "flag")
 
-    def _episode_stats(self, ep: Episode, out: Outcome) -> dict:
+    def _episode_stats(self, i: int, ep: Episode, out: Outcome) -> dict:
         return {
             "r": ep.ret,
             "l": ep.steps,
@@ -234,6 +292,7 @@ class EmulatorGroup:
             "start_stage": stage_number(ep.start_stage),
             "reason": out.reason,
             "time_left": ep.time,
+            "restored": bool(self.restored[i]),
             "components": dict(ep.sums),
         }
 

@@ -34,6 +34,9 @@ class MarioEnv(gym.Env):
         self.observation_space = spaces.Box(0, 255, shape, np.uint8)
         self.action_space = spaces.Discrete(len(action_meanings(self.config.actions)))
         self._pending: np.ndarray | None = None
+        # The screen of an episode that just ended, for render() until the next reset.
+        self._final_rgb: np.ndarray | None = None
+        self.group.keep_final_rgb = render_mode == "rgb_array"
 
     @staticmethod
     def _env_seed(seed: int) -> int:
@@ -54,6 +57,7 @@ class MarioEnv(gym.Env):
         else:
             obs = self._pending
         self._pending = None
+        self._final_rgb = None
         return obs, self._info()
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -68,10 +72,14 @@ class MarioEnv(gym.Env):
             self._pending = obs
             obs = res.final_obs[0]
             info["episode"] = res.finished[0]
+            self._final_rgb = res.final_rgb.get(0)
         return obs, float(res.rewards[0]), bool(res.terminated[0]), bool(res.truncated[0]), info
 
     def render(self) -> np.ndarray | None:
-        """The full-colour 240x256 screen (a copy)."""
+        """The full-colour 240x256 screen (a copy); after the episode ended, its last screen
+        (with ``render_mode="rgb_array"``; otherwise the start of the next episode)."""
+        if self._final_rgb is not None:
+            return self._final_rgb.copy()
         return self.group.rgb(0)
 
     def set_stages(self, stages: str) -> None:

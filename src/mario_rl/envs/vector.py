@@ -5,6 +5,8 @@ a step, ``obs[i]`` returned by that step is already the first observation of its
 the last observation of the finished one is ``infos["final_obs"][i]`` (valid where
 ``infos["_final_obs"][i]``), and its statistics are in ``infos["episode"]`` (valid where
 ``infos["_episode"][i]``). Rewards, terminations and truncations belong to the finished episode.
+After ``keep_final_rgb(True)`` (recording), ``infos["final_rgb"][i]`` is likewise the last
+full-colour screen of the finished episode, since ``rgb(i)`` already shows the next one.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ class MarioVectorEnv(VectorEnv):
                 "start_stage": np.zeros(self.num_envs, np.int32),
                 "reason": np.full(self.num_envs, "", dtype=object),
                 "time_left": np.zeros(self.num_envs, np.int32),
+                "restored": np.zeros(self.num_envs, bool),
                 "components": {c: np.zeros(self.num_envs, np.float32) for c in COMPONENTS},
             }
             for res, r in zip(results, self.ranges, strict=True):
@@ -135,6 +138,11 @@ class MarioVectorEnv(VectorEnv):
                             ep[k][i] = v
             infos["episode"] = ep
             infos["_episode"] = ended.copy()
+            if any(res.final_rgb for res in results):
+                infos["final_rgb"] = np.zeros((self.num_envs,), dtype=object)
+                for res, r in zip(results, self.ranges, strict=True):
+                    for j, screen in res.final_rgb.items():
+                        infos["final_rgb"][r.start + j] = screen
         return obs, rewards, terminated, truncated, infos
 
     def close(self, **kwargs: Any) -> None:
@@ -165,6 +173,11 @@ class MarioVectorEnv(VectorEnv):
         """A copy of env ``i``'s full-colour screen."""
         g, j = self._locate(i)
         return g.rgb(j)
+
+    def keep_final_rgb(self, on: bool = True) -> None:
+        """Recording: report each finished episode's last screen in ``infos["final_rgb"]``."""
+        for g in self.groups:
+            g.keep_final_rgb = on
 
     @property
     def frames(self) -> int:

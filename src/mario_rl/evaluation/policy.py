@@ -54,6 +54,8 @@ def load_policy(
     try:
         spec = ModelSpec.from_dict(meta["model_spec"])
         env_config = EnvConfig.from_dict(meta["env_config"])
+        # A training aid only: a loaded policy plays from the stages' starts.
+        env_config.progress_starts = 0.0
         model = ActorCritic(spec)
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         model.load_state_dict(weights, strict=True)

@@ -8,15 +8,17 @@ import json
 from typing import Any
 
 CSV_FIELDS = (
-    "stage", "episodes", "clear_rate", "mean_x", "max_x", "mean_return",
-    "mean_steps_to_flag", "mean_time_left_at_flag", "deaths", "mean_stages_cleared",
+    "stage", "episodes", "clear_rate", "mean_x", "max_x", "stage_length", "mean_progress",
+    "max_progress", "mean_return", "mean_steps_to_flag", "mean_game_time_to_flag",
+    "mean_time_left_at_flag", "deaths", "mean_stages_cleared",
 )  # fmt: skip
+"""CSV columns, one row per stage (a column a table lacks stays empty)."""
 
 
 def as_json(
     checkpoint: str, episodes: int, table: dict[str, dict], extra: dict | None = None
 ) -> str:
-    """``{"checkpoint": …, "episodes": N, "stages": {"1-1": {...}, …}}``."""
+    """``{"checkpoint": …, "episodes": N, …extra, "stages": {"1-1": {...}, …}}``."""
     doc: dict[str, Any] = {
         "checkpoint": checkpoint,
         "episodes": episodes,
@@ -36,19 +38,36 @@ def as_csv(table: dict[str, dict]) -> str:
     return buf.getvalue()
 
 
-def as_text(table: dict[str, dict]) -> str:
-    """A readable table for the terminal."""
-    head = f"{'stage':<6} {'eps':>4} {'clear':>6} {'mean x':>7} {'max x':>6} {'steps→flag':>10} {'time left':>9} {'deaths':>6}  ends"
+def _num(value: float | None, fmt: str = ".0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def as_text(table: dict[str, dict], runs: list[dict] | None = None) -> str:
+    """A readable table for the terminal; ``runs`` (whole-game mode) adds one line per run."""
+    head = (
+        f"{'stage':<6} {'eps':>4} {'clear':>6} {'mean x':>7} {'max x':>6} {'length':>6}"
+        f" {'progress':>8} {'steps→flag':>10} {'time→flag':>9} {'deaths':>6}  ends"
+    )
     lines = [head, "-" * len(head)]
     for stage, r in table.items():
-        steps = "-" if r["mean_steps_to_flag"] is None else f"{r['mean_steps_to_flag']:.0f}"
-        tleft = "-" if r["mean_time_left_at_flag"] is None else f"{r['mean_time_left_at_flag']:.0f}"
-        ends = ", ".join(f"{k} {v}" for k, v in r["ends"].items())
+        ends = ", ".join(f"{k} {v}" for k, v in r.get("ends", {}).items())
         lines.append(
-            f"{stage:<6} {r['episodes']:>4} {r['clear_rate']:>6.0%} {r['mean_x']:>7.0f} {r['max_x']:>6}"
-            f" {steps:>10} {tleft:>9} {r['deaths']:>6}  {ends}"
+            f"{stage:<6} {r['episodes']:>4} {r['clear_rate']:>6.0%} {r['mean_x']:>7.0f}"
+            f" {r['max_x']:>6} {_num(r.get('stage_length')):>6}"
+            f" {r.get('mean_progress', 0.0):>8.0%} {_num(r.get('mean_steps_to_flag')):>10}"
+            f" {_num(r.get('mean_game_time_to_flag')):>9} {r['deaths']:>6}  {ends}"
         )
-    n = sum(r["episodes"] for r in table.values())
-    cleared = sum(r["clear_rate"] * r["episodes"] for r in table.values())
-    lines.append(f"overall: {cleared:.0f}/{n} episodes reached the flag")
+    if runs is None:
+        n = sum(r["episodes"] for r in table.values())
+        cleared = sum(r["clear_rate"] * r["episodes"] for r in table.values())
+        lines.append(f"overall: {cleared:.0f}/{n} episodes reached the flag")
+    else:
+        lines.append("(whole game: each row counts the runs that reached the stage)")
+        for k, run in enumerate(runs, 1):
+            cleared = " → ".join(run["cleared"]) or "none"
+            lines.append(
+                f"run {k}: cleared {len(run['cleared'])} ({cleared}); ended on {run['ended_on']}"
+                f" at x {run['x']} ({run['progress']:.0%}) by {run['reason']}"
+                f" after {run['steps']} steps, {run['deaths']} lives lost"
+            )
     return "\n".join(lines)
