@@ -271,7 +271,7 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
             "--log-every counts PPO updates; A3G writes metric rows by time: use --log-interval-s"
         )
     cliargs.apply(run, run_flags, "run")
-    if a3g.train_stages and parse_stages_spec(cliargs.given(ns, "env").get("stages")) not in (
+    if a3g.train_stages and _stage_spec(cliargs.given(ns, "env").get("stages")) not in (
         None,
         "all",
     ):
@@ -282,13 +282,6 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
     a3g.validate()
     run.validate()
     return A3GJob(env, a3g, run, command)
-
-
-def parse_stages_spec(stages: str | None) -> str | None:
-    """The normalised spec of a --stages value (None when not given)."""
-    from .envs import parse_stages
-
-    return None if stages is None else parse_stages(stages).spec
 
 
 def _stage_list(stages: str) -> tuple[str, ...]:

@@ -9,11 +9,12 @@ checkpoints and the evaluation process come from ``runner``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -185,6 +186,31 @@ class _Evaluations:
         return stop
 
 
+@contextlib.contextmanager
+def _session(
+    job: Any,
+    run: RunDir,
+    ckpts: CheckpointSchedule,
+    timer: PhaseTimer,
+    start_step: int,
+    total_steps: int,
+    title: str,
+    out: IO[str],
+) -> Iterator[tuple[Logger, Progress, SignalGuard, _Evaluations]]:
+    """What every training loop runs inside: logger, progress display, signal guard and the
+    evaluation process (closed in reverse order whatever happens)."""
+    rc = job.run
+    with (
+        Logger(run, purge_step=start_step if rc.resume else None) as log,
+        Progress(total_steps, start_step=start_step, timer=timer, title=title, stream=out) as prog,
+        SignalGuard() as guard,
+        EvalProcess(
+            evaluate_checkpoint, kwargs=_eval_kwargs(job.env.stages, rc), schedule=ckpts
+        ) as ev,
+    ):
+        yield log, prog, guard, _Evaluations(ev, ckpts, rc, start_step, log, out)
+
+
 def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -> int:
     """Run (or resume) a PPO-family training job; returns the process exit code."""
     job.env.validate()
@@ -225,21 +251,9 @@ def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -
     code = 0
     stop_reason = "step budget reached"
     t_start = time.perf_counter()
-    with (
-        Logger(run, purge_step=start_step if job.run.resume else None) as log,
-        Progress(
-            cfg.total_steps,
-            start_step=start_step,
-            timer=timer,
-            title=f"{cfg.algo} {env_cfg.stages}",
-            stream=out,
-        ) as prog,
-        SignalGuard() as guard,
-        EvalProcess(
-            evaluate_checkpoint, kwargs=_eval_kwargs(env_cfg.stages, rc), schedule=ckpts
-        ) as ev,
-    ):
-        evals = _Evaluations(ev, ckpts, rc, start_step, log, out)
+    with _session(
+        job, run, ckpts, timer, start_step, cfg.total_steps, f"{cfg.algo} {env_cfg.stages}", out
+    ) as (log, prog, guard, evals):
         while ppo.global_step < cfg.total_steps:
             if guard.stop_requested:
                 stop_reason = "stop requested (signal)"
@@ -414,21 +428,16 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out=sys.stdout)
     stop_reason = "step budget reached"
     t_start = time.perf_counter()
     last_row = t_start
-    with (
-        Logger(run, purge_step=start_step if job.run.resume else None) as log,
-        Progress(
-            cfg.total_steps,
-            start_step=start_step,
-            timer=timer,
-            title=f"a3g {env_cfg.stages} x{cfg.workers}",
-            stream=out,
-        ) as prog,
-        SignalGuard() as guard,
-        EvalProcess(
-            evaluate_checkpoint, kwargs=_eval_kwargs(env_cfg.stages, rc), schedule=ckpts
-        ) as ev,
-    ):
-        evals = _Evaluations(ev, ckpts, rc, start_step, log, out)
+    with _session(
+        job,
+        run,
+        ckpts,
+        timer,
+        start_step,
+        cfg.total_steps,
+        f"a3g {env_cfg.stages} x{cfg.workers}",
+        out,
+    ) as (log, prog, guard, evals):
         a3g.start()
         try:
             while True:
