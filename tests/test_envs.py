@@ -260,3 +260,20 @@ def test_progress_starts_off_by_default_and_never_in_evaluation_config():
     assert EnvConfig().progress_starts == 0.0
     with pytest.raises(ValueError, match="progress_starts"):
         EnvConfig(progress_starts=1.0).validate()
+
+
+@pytest.mark.parametrize("repress", [False, True])
+def test_jump_repress_makes_a_held_jump_jump_again(repress):
+    # Without it, holding right+A jumps once (the NES wants a new press after landing);
+    # with it, every landing starts a new jump.
+    env = MarioEnv(EnvConfig(actions="right-only", noop_max=0, jump_repress=repress))
+    env.reset(seed=0)
+    ram = env.group.emu.rams[0]
+    takeoffs, airborne = 0, False
+    for _t in range(40):
+        env.step(2)  # right+A
+        now = ram[0x1D] == 1
+        takeoffs += now and not airborne
+        airborne = now
+    env.close()
+    assert (takeoffs > 3) if repress else (takeoffs == 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mario_rl.envs import EnvConfig, MarioEnv
+from mario_rl.envs.rules import read
 from mario_rl.envs.stages import STAGES
 from mario_rl.evaluation.levels import all_goals, main_area, progress, stage_goal, stage_length
 
@@ -40,7 +41,13 @@ def test_main_area_is_the_area_the_emulator_plays(stage):
         env.reset(seed=0)
         ram = env.group.emu.rams[0]
         area_number, area_type = int(ram[0x760]), int(ram[0x74E])
+        area = read(ram.tobytes()).area
+        next_pipe = int(ram[0x750])
     finally:
         env.close()
     index, pointer = main_area(stage)
     assert (index, (pointer >> 5) & 3) == (area_number, area_type)
+    # The rules' area is the loaded one, not 0x750 (on 1-1 that already names the bonus room).
+    assert area == pointer & 0x7F
+    if stage == "1-1":
+        assert next_pipe != area

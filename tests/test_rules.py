@@ -13,7 +13,7 @@ def ram(
     y: int = 79,
     world: int = 1,
     stage: int = 1,
-    area: int = 0xC2,
+    area: int = 0x25,
     lives: int = 2,
     state: int = 8,
     time: int = 400,
@@ -28,7 +28,8 @@ def ram(
         m[R.Y_VIEWPORT], m[R.Y_PIXEL] = 0, 255 - (y - 255)
     else:
         m[R.Y_VIEWPORT], m[R.Y_PIXEL] = viewport, 255 - y
-    m[R.WORLD], m[R.STAGE], m[R.AREA_POINTER] = world - 1, stage - 1, area
+    m[R.WORLD], m[R.STAGE] = world - 1, stage - 1
+    m[R.AREA_TYPE], m[R.AREA_OFFSET] = area >> 5, area & 0x1F
     m[R.LIVES], m[R.PLAYER_STATE] = lives, state
     for k, d in enumerate(f"{time:03d}"):
         m[R.TIME_DIGITS[0] + k] = int(d)

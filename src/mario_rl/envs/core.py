@@ -14,18 +14,20 @@ import cv2
 import numpy as np
 from nes_py.vector_env import VectorNESEmulator
 
-from .actions import action_bytes
+from .actions import BUTTONS, action_bytes
 from .config import EnvConfig
 from .rules import (
     BUSY_STATES,
     CHANGE_AREA_TIMER,
     COMPONENTS,
+    FLOAT_STATE,
     GAME_MODE,
     LIVES,
     PLAYER_STATE,
     PRELEVEL_TIMER,
     STATE_DEAD,
     STATE_DYING,
+    SWIMMING,
     Y_VIEWPORT,
     Episode,
     Outcome,
@@ -88,6 +90,8 @@ class EmulatorGroup:
         self._bucket = np.full(n, -1, np.int64)
         self.restored = np.zeros(n, bool)
         """Whether env ``i``'s current episode began from a saved progress state."""
+        self.prev_buttons = np.zeros(n, np.uint8)
+        """Buttons of each env's last step (for ``jump_repress``)."""
         self.frames = 0
         """Emulated frames so far (including fast-forwarded cut-scenes and no-op starts)."""
         self.keep_final_rgb = False
@@ -167,6 +171,7 @@ class EmulatorGroup:
                 self.emu.step_one(i, a)
             self.frames += k
         self._fast_forward(i)
+        self.prev_buttons[i] = 0
         ep = self.rules[i].start(self.emu.rams[i].tobytes())
         if i < len(self.episodes):
             self.episodes[i] = ep
@@ -212,9 +217,10 @@ class EmulatorGroup:
         """One agent step of every env: repeat each action for frame_skip frames, apply rules."""
         n, cfg = self.n, self.cfg
         buttons = self.action_map[np.asarray(actions, dtype=np.int64)]
+        first = self._repress(buttons) if cfg.jump_repress else buttons
         skip = cfg.frame_skip
         for k in range(skip):
-            self.emu.step(buttons)
+            self.emu.step(first if k == 0 else buttons)
             if cfg.max_pool and k == skip - 2:
                 self.emu.observation("grayscale", output=self.prev_gray)
         self.frames += skip * n
@@ -274,6 +280,20 @@ class EmulatorGroup:
             finished,
             final_rgb,
         )
+
+    def _repress(self, buttons: np.ndarray) -> np.ndarray:
+        """First-frame buttons: A released where it is still held from the last step and Mario
+        could jump (standing or swimming), so that the step's A is a new press."""
+        held = np.flatnonzero(buttons & self.prev_buttons & BUTTONS["A"])
+        self.prev_buttons = buttons
+        if not len(held):
+            return buttons
+        first = buttons.copy()
+        for i in held:
+            ram = self.emu.rams[i]
+            if ram[FLOAT_STATE] == 0 or ram[SWIMMING]:
+                first[i] &= ~BUTTONS["A"] & 0xFF
+        return first
 
     def _restart_after(self, i: int, out: Outcome) -> bool:
         """In whole-game mode a lost life or a flag ends an episode but the game goes on."""

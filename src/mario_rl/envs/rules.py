@@ -14,8 +14,13 @@ from .stages import STAGES
 # RAM addresses (Super Mario Bros, as read by gym-super-mario-bros).
 X_PAGE, X_SCREEN = 0x6D, 0x86
 Y_PIXEL, Y_VIEWPORT = 0x3B8, 0xB5
-WORLD, STAGE, AREA_POINTER = 0x75F, 0x75C, 0x750
+WORLD, STAGE = 0x75F, 0x75C
+# The loaded area: its type and its index within that type (together, the game's area pointer
+# without the top bit). 0x750 looks like the area but holds the destination of the next pipe,
+# which the level's enemy data rewrites while the screen scrolls.
+AREA_TYPE, AREA_OFFSET = 0x74E, 0x74F
 LIVES, PLAYER_STATE, GAME_MODE, FLOAT_STATE = 0x75A, 0x0E, 0x770, 0x1D
+SWIMMING = 0x704
 ENEMY_TYPES = (0x16, 0x17, 0x18, 0x19, 0x1A)
 TIME_DIGITS, SCORE_DIGITS = (0x7F8, 3), (0x7DE, 6)
 CHANGE_AREA_TIMER, PRELEVEL_TIMER = 0x6DE, 0x7A0
@@ -102,7 +107,7 @@ def read(ram: bytes) -> Reading:
         y=y,
         world=ram[WORLD] + 1,
         stage=ram[STAGE] + 1,
-        area=ram[AREA_POINTER],
+        area=(ram[AREA_TYPE] << 5) | ram[AREA_OFFSET],
         lives=ram[LIVES],
         state=state,
         time=digits(ram, TIME_DIGITS),
