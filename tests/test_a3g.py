@@ -569,3 +569,17 @@ def test_a3g_seed_preset_is_an_a3g_job() -> None:
     job = train_job(build_parser().parse_args(["train", "--preset", "a3g-seed", "--workers", "4"]))
     assert job.algo == "a3g" and job.env.actions == "a3g" and job.env.reward.fall == 1.0
     assert (job.a3g.network, job.a3g.lstm_hidden, job.a3g.workers) == ("impala", 512, 4)
+
+
+def test_bench_train_a3g_json():
+    # The real worker processes run; steps are counted only after every worker's first update.
+    r = subprocess.run(
+        [sys.executable, "-m", "mario_rl", "bench", "train", "--algo", "a3g", "--workers", "2",
+         "--num-steps", "8", "--stages", "1-1", "--seconds", "4", "--json"],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["algo"] == "a3g" and out["workers"] == 2
+    assert out["train_steps_per_s"] > 0 and out["env_steps_per_s"] > 0
+    assert out["updates"] > 0 and set(out["shares"]) == {"env", "inference", "learn", "sync"}

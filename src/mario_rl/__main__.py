@@ -4,4 +4,6 @@ import sys
 
 from mario_rl.cli import main
 
-sys.exit(main())
+# Guarded: A3G's spawned workers re-import the main module, which must not run the CLI again.
+if __name__ == "__main__":
+    sys.exit(main())

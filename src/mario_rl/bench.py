@@ -159,3 +159,58 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         "updates": ppo.update,
         "seconds": seconds,
     }
+
+
+def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
+    """A3G's training steps/s (all workers) vs the env alone with one env per worker.
+
+    The reference steps ``workers`` envs on ``workers`` threads with random actions; A3G then
+    runs its real worker processes for ``seconds / 2`` after a warm-up that ends with every
+    worker's first update (process spawn and imports are not counted).
+    """
+    from .algos.a3g import A3G
+
+    cfg, env_cfg = job.a3g, job.env
+    env_fps, env_sps = _pipeline(env_cfg, cfg.workers, cfg.workers, seconds / 2)
+    a3g = A3G(cfg, env_cfg)
+    phases = {"env": 0.0, "inference": 0.0, "learn": 0.0, "sync": 0.0}
+    a3g.start()
+    try:
+        started: set[int] = set()
+        deadline = time.monotonic() + 300
+        while len(started) < cfg.workers:
+            for msg in a3g.poll(0.5):
+                if msg[0] == "update":
+                    started.add(msg[1])
+                elif msg[0] in ("error", "exit"):
+                    raise RuntimeError(f"A3G worker {msg[1]} stopped during the warm-up: {msg[2:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("A3G workers did not start within 300 s")
+        steps0, start = a3g.global_step, time.perf_counter()
+        updates = 0
+        while time.perf_counter() - start < seconds / 2:
+            for msg in a3g.poll(0.2):
+                if msg[0] == "update":
+                    updates += 1
+                    for phase in phases:
+                        phases[phase] += msg[2].get(f"time/{phase}", 0.0)
+        elapsed = time.perf_counter() - start
+        steps = a3g.global_step - steps0
+    finally:
+        a3g.stop()
+    train_sps = steps / elapsed
+    total = sum(phases.values()) or 1.0
+    return {
+        "algo": "a3g",
+        "network": cfg.network,
+        "workers": cfg.workers,
+        "num_steps": cfg.num_steps,
+        "gpu_ids": list(cfg.gpu_ids),
+        "train_steps_per_s": round(train_sps, 1),
+        "env_steps_per_s": round(env_sps, 1),
+        "env_fps": round(env_fps, 1),
+        "ratio": round(train_sps / env_sps, 3),
+        "shares": {k: round(v / total, 3) for k, v in phases.items()},
+        "updates": updates,
+        "seconds": seconds,
+    }
