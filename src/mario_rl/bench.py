@@ -110,9 +110,11 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     """
     import torch
 
+    from .algos.common import check_device
     from .algos.ppo import PPO
 
     cfg, env_cfg = job.ppo, job.env
+    check_device(cfg.device)
     env_fps, env_sps = _pipeline(env_cfg, cfg.num_envs, job.workers, seconds / 2)
     envs = make_vector_env(env_cfg, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
     ppo = PPO(cfg, envs)

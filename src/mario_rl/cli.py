@@ -513,6 +513,12 @@ def _plot(ns: argparse.Namespace) -> int:
             raise UsageError(f"{src} is not JSON ({e}); {hint}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("stages"), dict):
             raise UsageError(f"{src} has no 'stages' table; {hint}")
+        for stage, row in doc["stages"].items():
+            rate = row.get("clear_rate") if isinstance(row, dict) else None
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+                raise UsageError(
+                    f"{src}: stage {stage!r} has no clear_rate in [0, 1] (got {rate!r}); {hint}"
+                )
         out.mkdir(parents=True, exist_ok=True)
         path = success_map(doc, out / f"{src.stem}-success-map.png")
     print(f"wrote {path}")
@@ -583,8 +589,8 @@ def _positive_float(flag: str):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} expects a number > 0, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number > 0, got {text!r}")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} expects a finite number > 0, got {text!r}")
         return value
 
     return parse

@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import math
 import textwrap
 import types
 import typing
@@ -56,10 +57,14 @@ def _number(kind: type, optional: bool, flag: str):
         if optional and text.lower() in ("none", "off", ""):
             return None
         try:
-            return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
         except ValueError:
             what = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{flag} expects {what}, got {text!r}") from None
+        if not math.isfinite(value):
+            # inf/nan pass every range check below (nan compares false) and poison training.
+            raise argparse.ArgumentTypeError(f"{flag} expects a finite number, got {text!r}")
+        return value
 
     return parse
 

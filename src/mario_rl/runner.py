@@ -124,8 +124,13 @@ class RunDir:
             raise RunDirError(
                 f"run directory {self.path} exists; pass --resume to continue it or choose another --run-dir"
             )
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.tb.mkdir(parents=True, exist_ok=True)
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            self.tb.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(
+                f"cannot create run directory {self.path} ({e.strerror}); choose a writable --run-dir"
+            ) from None
         if config is not None:
             self.write_config(config)
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from .algos.common import check_device
 from .algos.ppo import PPO
 from .checkpoint import load_checkpoint
 from .config import RunConfig
@@ -217,6 +218,7 @@ def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -
     job.ppo.validate()
     job.run.validate()
     parse_stages(job.env.stages)
+    check_device(job.ppo.device)  # before the run directory exists
     run, job, latest = _open_run(job, total_steps_given)
     job.ppo.validate()
     cfg, env_cfg, rc = job.ppo, job.env, job.run
@@ -258,7 +260,11 @@ def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -
             if guard.stop_requested:
                 stop_reason = "stop requested (signal)"
                 break
-            metrics = ppo.collect()
+            try:
+                metrics = ppo.collect()
+            except Exception as e:  # an env worker thread raised: stop now, never hang
+                code, stop_reason = 1, _env_failed(e, ckpts, ppo.global_step, make_state)
+                break
             timer.add("env", metrics.get("time/env", 0.0))
             timer.add(
                 "inference", metrics.get("time/inference", 0.0) + metrics.get("time/rnd", 0.0)
@@ -303,6 +309,29 @@ def _eval_kwargs(stages: str, rc: RunConfig) -> dict[str, Any]:
     return {"stages": stages, "episodes": rc.eval_episodes, "seed": EVAL_SEED, "workers": 1}
 
 
+def _env_failed(
+    e: BaseException,
+    ckpts: Any,
+    step: int,
+    make_state: Callable[[], tuple[dict, dict]],
+) -> str:
+    """Report an environment failure in one line (traceback first) and keep the weights:
+    the failed rollout never reached learn(), so the model is the last update's."""
+    import traceback
+
+    traceback.print_exception(e, file=sys.stderr)
+    summary = f"{type(e).__name__}: {e}".splitlines()[0]
+    try:
+        kept = f"final checkpoint {ckpts.save_final(step, *make_state())}"
+    except Exception as save_error:  # e.g. out of memory: the periodic checkpoints remain
+        kept = f"the final checkpoint could not be written ({save_error}); the periodic ones remain"
+    print(
+        f"mario-rl: error: an environment worker failed: {summary}; stopped, {kept}",
+        file=sys.stderr,
+    )
+    return "environment worker failed"
+
+
 def _report_non_finite(e: NonFiniteError) -> None:
     print(f"mario-rl: error: {e}; stopped, the last good checkpoint is kept", file=sys.stderr)
 
@@ -315,6 +344,8 @@ class _A3GStats:
         self.flags = flags
         self.best_x = best_x
         self.errors: list[tuple[int, str, str]] = []
+        self.nonfinite: list[str] = []
+        """A worker's update gave NaN/inf (it did not apply it, and stopped)."""
         self.exited: set[int] = set()
         self._clear()
 
@@ -344,6 +375,8 @@ class _A3GStats:
                     timer.add(phase, msg[2].get(f"time/{phase}", 0.0))
             elif kind == "error":
                 self.errors.append((rank, msg[2], msg[3]))
+            elif kind == "nonfinite":
+                self.nonfinite.append(msg[2])
             elif kind == "exit":
                 self.exited.add(rank)
 
@@ -444,6 +477,17 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out=sys.stdout)
                 messages = a3g.poll(0.2)
                 a3g.record(messages)
                 stats.add(messages, timer)
+                # Before any checkpoint of this round: a NaN stops the run with the last good one.
+                if stats.nonfinite:
+                    _report_a3g_non_finite(stats.nonfinite[0])
+                    code, stop_reason = 1, "non-finite loss"
+                    break
+                # A stop signal sent to the whole process group may kill workers too: not a crash.
+                dead = [] if guard.stop_requested else a3g.dead()
+                if dead:
+                    _report_dead_worker(*dead[0])
+                    code, stop_reason = 1, f"worker {dead[0][0]} died"
+                    break
                 step = a3g.global_step
                 now = time.perf_counter()
                 if now - last_row >= cfg.log_interval_s and stats.has_news():
@@ -479,6 +523,9 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out=sys.stdout)
                 print(f"mario-rl: error: A3G worker {rank} failed: {summary}", file=sys.stderr)
                 code = 1
             print(tb, file=sys.stderr)
+        if stats.nonfinite and stop_reason != "non-finite loss":
+            _report_a3g_non_finite(stats.nonfinite[0])
+            stop_reason = "non-finite loss"
         step = a3g.global_step
         finite = _log_a3g_row(log, stats, a3g, step, start_step, time.perf_counter() - t_start)
         prog.update(step, best_x=stats.best_x, flags=stats.flags)
@@ -491,6 +538,24 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out=sys.stdout)
             code = 1
     print(f"run directory: {run.path}", file=out)
     return code
+
+
+def _report_a3g_non_finite(message: str) -> None:
+    print(f"mario-rl: error: {message}; stopped, the last good checkpoint is kept", file=sys.stderr)
+
+
+def _report_dead_worker(rank: int, exitcode: int) -> None:
+    import signal
+
+    how = f"exit code {exitcode}"
+    if exitcode < 0:
+        with contextlib.suppress(ValueError):
+            how = f"killed by {signal.Signals(-exitcode).name}"
+    print(
+        f"mario-rl: error: A3G worker {rank} died ({how}) without reporting an error; "
+        "stopped the others (out of memory? see the system log); the shared weights are kept",
+        file=sys.stderr,
+    )
 
 
 def _log_a3g_row(

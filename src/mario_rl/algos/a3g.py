@@ -45,6 +45,7 @@ from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs import EnvConfig, MarioVectorEnv, action_meanings
 from mario_rl.envs.stages import STAGES, StageSelection, parse_stages
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, build_model
+from mario_rl.runner import NonFiniteError
 
 CHECKPOINT_FORMAT = "mario-rl/a3g-trainer"
 CHECKPOINT_VERSION = 1
@@ -429,11 +430,15 @@ class Worker:
                 cfg.gamma, cfg.gae_lambda,
             )  # fmt: skip
         terms = a3g_loss(logits, values, ro.actions, adv, returns, cfg.entropy_coef, cfg.value_coef)
+        # Checked before anything reaches the shared model: one NaN gradient pushed there would
+        # poison every worker and every later checkpoint.
+        _check_finite_terms(terms, self.rank)
         self.local.zero_grad(set_to_none=True)
         terms["loss"].backward()
         metrics: dict[str, float] = {}
         if cfg.max_grad_norm > 0:
             norm = nn.utils.clip_grad_norm_(self.local.parameters(), cfg.max_grad_norm)
+            _check_finite_terms({"grad_norm": norm}, self.rank)
             metrics["debug/grad_norm"] = float(norm)
         lr = (
             linear_schedule(cfg.lr, cfg.lr_final, self.global_step() / cfg.total_steps)
@@ -473,6 +478,15 @@ class Worker:
 
     def close(self) -> None:
         self.env.close()
+
+
+def _check_finite_terms(terms: dict[str, Tensor], rank: int) -> None:
+    """NonFiniteError naming the values of worker ``rank``'s update that are NaN or infinite."""
+    bad = [f"{k}={float(v)}" for k, v in terms.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteError(
+            f"A3G worker {rank}: non-finite {', '.join(bad)}; its gradients were not applied"
+        )
 
 
 @contextlib.contextmanager
@@ -552,6 +566,8 @@ def worker_main(
                 ep["step"] = base_step + sum(counters)
                 messages.put(("episode", rank, ep))
             messages.put(("update", rank, metrics))
+    except NonFiniteError as e:
+        messages.put(("nonfinite", rank, str(e)))
     except BaseException as e:
         summary = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
         messages.put(("error", rank, summary, traceback.format_exc()))
@@ -651,6 +667,15 @@ class A3G:
         """Worker processes still running."""
         return sum(p.is_alive() for p in self.procs)
 
+    def dead(self) -> list[tuple[int, int]]:
+        """(rank, exit code) of workers that died: killed by a signal (exit code -N) or exited
+        with an error code without reporting one (a worker that finishes exits 0)."""
+        return [
+            (rank, p.exitcode)
+            for rank, p in enumerate(self.procs)
+            if not p.is_alive() and p.exitcode not in (None, 0)
+        ]
+
     def poll(self, timeout: float = 0.0) -> list[tuple]:
         """Messages from the workers: waits up to ``timeout`` for the first, then drains."""
         out: list[tuple] = []
@@ -737,8 +762,20 @@ class A3G:
         """Restore :meth:`state_dict` output in place (the tensors stay in shared memory).
 
         Refuses another trainer's checkpoint or another architecture / action set. Optimizer
-        state is restored when both the checkpoint and this run have a shared optimizer.
+        state is restored when both the checkpoint and this run have a shared optimizer. A
+        checkpoint that does not fit (missing or unexpected tensors, wrong shapes, a malformed
+        meta.json) is a one-line ValueError, never a traceback: its JSON is untrusted input.
         """
+        try:
+            self._restore(tensors, meta)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise ValueError(
+                f"checkpoint does not fit this A3G trainer ({why}); "
+                "use a checkpoint saved by a run with the same settings"
+            ) from None
+
+    def _restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 f"not an A3G trainer checkpoint (format {meta.get('format')!r},"

@@ -350,8 +350,9 @@ class PPO:
             if self._pending is None:
                 self._launch()
             assert self._pending is not None
-            buf = self._pending.result()
-            self._pending = None
+            # Cleared first: a rollout that raised (an env worker failed) is not waited for again.
+            pending, self._pending = self._pending, None
+            buf = pending.result()
             self._spare, self.rollout = self.rollout, buf
         self.global_step += self.cfg.batch_size
         if self._pool is not None:
@@ -808,7 +809,22 @@ class PPO:
         state); only right when the env itself continues exactly where the checkpoint left it.
         A resumed run with freshly reset envs keeps False (the LSTM state of old episodes would
         not match the new ones) and calls :meth:`reset_envs`.
+
+        A checkpoint that does not fit (missing or unexpected tensors, wrong shapes, a malformed
+        meta.json) is a one-line ValueError, never a traceback: its JSON is untrusted input.
         """
+        try:
+            self._restore(tensors, meta, restore_env_state)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise ValueError(
+                f"checkpoint does not fit this {self.cfg.algo} trainer ({why}); "
+                "use a checkpoint saved by a run with the same settings"
+            ) from None
+
+    def _restore(
+        self, tensors: dict[str, Tensor], meta: dict[str, Any], restore_env_state: bool
+    ) -> None:
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 f"not a PPO trainer checkpoint (format {meta.get('format')!r},"

@@ -147,6 +147,10 @@ class PPOConfig:
             raise ValueError(
                 f"torch_threads must be >= 0 (0 = torch default), got {self.torch_threads}"
             )
+        if self.collect_threads < 0:
+            raise ValueError(
+                f"collect_threads must be >= 0 (0 = torch_threads), got {self.collect_threads}"
+            )
         if self.rnd_init_steps < 0:
             raise ValueError(f"rnd_init_steps must be >= 0, got {self.rnd_init_steps}")
         for name in ("gamma", "gae_lambda", "rnd_gamma_int"):

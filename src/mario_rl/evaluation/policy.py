@@ -10,7 +10,7 @@ import torch
 
 from ..algos.ppo import policy_act
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..envs import EnvConfig
+from ..envs import EnvConfig, action_meanings
 from ..models import ActorCritic, ModelSpec
 from .evaluate import Policy, evaluate, summarise
 
@@ -56,14 +56,35 @@ def load_policy(
         env_config = EnvConfig.from_dict(meta["env_config"])
         # A training aid only: a loaded policy plays from the stages' starts.
         env_config.progress_starts = 0.0
+        env_config.validate()
+        _check_fits(spec, env_config)
         model = ActorCritic(spec)
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         model.load_state_dict(weights, strict=True)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: weights do not fit the recorded model: {first}") from None
+        # torch's load errors span lines and name the keys only after the first one.
+        first = " ".join(str(e).split())[:300] or type(e).__name__
+        raise CheckpointError(
+            f"{path}: weights do not fit the recorded model: {first}; "
+            "use a checkpoint saved by mario-rl train"
+        ) from None
     model.to(device).eval()
     return LoadedPolicy(model, env_config, meta, deterministic)
+
+
+def _check_fits(spec: ModelSpec, env: EnvConfig) -> None:
+    """ValueError unless the model's inputs and outputs are those of its recorded environment
+    (a checkpoint whose two halves disagree would crash, or play wrong buttons, mid-episode)."""
+    n = len(action_meanings(env.actions))
+    if spec.n_actions != n:
+        raise ValueError(
+            f"the model has {spec.n_actions} actions but its action set {env.actions!r} has {n}"
+        )
+    shape = (env.frame_stack, env.size, env.size)
+    if tuple(spec.obs_shape) != shape:
+        raise ValueError(
+            f"the model takes observations {tuple(spec.obs_shape)} but its environment gives {shape}"
+        )
 
 
 def evaluate_checkpoint(
