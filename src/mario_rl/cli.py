@@ -291,13 +291,19 @@ def _stage_list(stages: str) -> tuple[str, ...]:
 
 
 def _train(ns: argparse.Namespace) -> int:
+    from . import distributed
     from .training import A3GJob, train, train_a3g
 
     job = train_job(ns, "mario-rl " + " ".join(sys.argv[1:]))
     given_total = cliargs.given(ns, "ppo").get("total_steps")
     if isinstance(job, A3GJob):
+        if distributed.launch_from_env() is not None:
+            raise UsageError(
+                "A3G runs in one process: spread it with --workers and --gpu-ids, not torchrun"
+            )
         return train_a3g(job, total_steps_given=given_total)
-    return train(job, total_steps_given=given_total)
+    with distributed.from_env() as dist:
+        return train(job, total_steps_given=given_total, dist=dist)
 
 
 def _bench_train(ns: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 import time
 from collections import defaultdict
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from . import distributed
 from .algos.common import check_device
 from .algos.ppo import PPO
 from .checkpoint import load_checkpoint
@@ -212,29 +214,55 @@ def _session(
         yield log, prog, guard, _Evaluations(ev, ckpts, rc, start_step, log, out)
 
 
-def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -> int:
-    """Run (or resume) a PPO-family training job; returns the process exit code."""
+def _open_and_load(job: Any, total_steps_given: int | None) -> tuple[tuple, tuple]:
+    """((run dir, latest checkpoint path), (job, loaded checkpoint or None))."""
+    run, job, latest = _open_run(job, total_steps_given)
+    return (run, latest), (job, load_checkpoint(latest) if latest is not None else None)
+
+
+def train(
+    job: TrainJob,
+    total_steps_given: int | None = None,
+    out=sys.stdout,
+    dist: distributed.Distributed | None = None,
+) -> int:
+    """Run (or resume) a PPO-family training job; returns the process exit code.
+
+    With ``dist`` (under torchrun) this is one data-parallel rank: rank 0 alone opens the run
+    directory, logs, evaluates and checkpoints; the others train with its job and checkpoint."""
     job.env.validate()
     job.ppo.validate()
     job.run.validate()
     parse_stages(job.env.stages)
     check_device(job.ppo.device)  # before the run directory exists
-    run, job, latest = _open_run(job, total_steps_given)
+    opened = lambda: _open_and_load(job, total_steps_given)  # noqa: E731
+    kept, (job, checkpoint) = opened() if dist is None else dist.from_main(opened)
+    run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
+    main = dist is None or dist.is_main
+    if not main:
+        out = open(os.devnull, "w")  # noqa: SIM115 - the process ends with the run
     job.ppo.validate()
     cfg, env_cfg, rc = job.ppo, job.env, job.run
+    if dist is not None:
+        cfg = dist.rank_config(cfg)
 
     envs = make_vector_env(env_cfg, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
     ppo = PPO(cfg, envs)
+    if dist is not None:
+        dist.attach(ppo)
     flags = 0
     best_x = 0
-    if latest is not None:
-        tensors, meta = load_checkpoint(latest)
+    if checkpoint is not None:
+        tensors, meta = checkpoint
         ppo.load_state_dict(tensors, meta)
+        if dist is not None:
+            dist.after_resume(ppo)
         flags = int(meta.get("stats", {}).get("flags", 0))
         best_x = int(meta.get("stats", {}).get("best_x", 0))
         # Fresh episodes after a resume: a seed that the run has not used yet.
         ppo.reset_envs(cfg.seed + 7919 * ppo.update)
-        print(f"resumed {run.path} from {latest.name} at step {ppo.global_step}", file=out)
+        if main:
+            print(f"resumed {run.path} from {latest.name} at step {ppo.global_step}", file=out)
 
     def make_state() -> tuple[dict, dict]:
         tensors, meta = ppo.state_dict()
@@ -246,18 +274,28 @@ def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -
         return tensors, meta
 
     start_step = ppo.global_step
-    ckpts = CheckpointSchedule(
-        run.checkpoints, every=rc.checkpoint_every, keep=rc.keep_checkpoints, start_step=start_step
+    ckpts = (
+        CheckpointSchedule(
+            run.checkpoints,
+            every=rc.checkpoint_every,
+            keep=rc.keep_checkpoints,
+            start_step=start_step,
+        )
+        if main
+        else distributed.NOTHING
     )
     timer = PhaseTimer()
     code = 0
     stop_reason = "step budget reached"
     t_start = time.perf_counter()
-    with _session(
-        job, run, ckpts, timer, start_step, cfg.total_steps, f"{cfg.algo} {env_cfg.stages}", out
+    title = f"{cfg.algo} {env_cfg.stages}" + (f" x{dist.world_size} ranks" if dist else "")
+    with (
+        _session(job, run, ckpts, timer, start_step, cfg.total_steps, title, out)
+        if main
+        else distributed.follower_session()
     ) as (log, prog, guard, evals):
         while ppo.global_step < cfg.total_steps:
-            if guard.stop_requested:
+            if guard.stop_requested and dist is None:
                 stop_reason = "stop requested (signal)"
                 break
             try:
@@ -273,25 +311,35 @@ def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -
             metrics |= ppo.learn()
             timer.add("learn", time.perf_counter() - t0)
             step = ppo.global_step
-            for ep in ppo.episodes:
+            episodes = ppo.episodes
+            if dist is not None:
+                # Rank 0 logs every rank's episodes and the metrics averaged over the ranks.
+                metrics, episodes = dist.merge_update(metrics, episodes, ppo.restored_episodes)
+            for ep in episodes:
                 flags += bool(ep.get("flag"))
                 best_x = max(best_x, int(ep.get("x_max", 0)))
             elapsed = time.perf_counter() - t_start
             metrics["charts/SPS"] = (step - start_step) / max(elapsed, 1e-9)
             metrics["charts/flags_total"] = flags
             metrics["charts/best_x"] = best_x
+            reason = None
             try:
-                check_finite(metrics, step)
+                if main:
+                    check_finite(metrics, step)
             except NonFiniteError as e:
                 _report_non_finite(e)
-                code = 1
-                stop_reason = "non-finite loss"
-                break
-            if ppo.update % rc.log_every == 0:
-                log.log(step, metrics)
-            prog.update(step, best_x=best_x, flags=flags)
-            evals.after_step(step, ckpts.maybe_save(step, make_state), make_state)
-            reason = evals.poll()
+                code, reason = 1, "non-finite loss"
+            if code == 0:
+                if ppo.update % rc.log_every == 0:
+                    log.log(step, metrics)
+                prog.update(step, best_x=best_x, flags=flags)
+                evals.after_step(step, ckpts.maybe_save(step, make_state), make_state)
+                reason = evals.poll()
+            if dist is not None:
+                if reason is None and guard.stop_requested:
+                    reason = "stop requested (signal)"
+                # Every rank leaves the loop at the same update, or the collectives would hang.
+                reason, code = dist.agree_stop(reason, code)
             if reason:
                 stop_reason = reason
                 break
@@ -301,7 +349,8 @@ def train(job: TrainJob, total_steps_given: int | None = None, out=sys.stdout) -
             print(f"{stop_reason}: final checkpoint {final}", file=out)
     ppo.close()
     envs.close()
-    print(f"run directory: {run.path}", file=out)
+    if main:
+        print(f"run directory: {run.path}", file=out)
     return code
 
 

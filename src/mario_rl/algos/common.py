@@ -87,9 +87,14 @@ class RunningMeanStd(nn.Module):
     def update(self, x: Tensor) -> None:
         """Fold a batch (leading dimension = samples) into the statistics."""
         x = x.to(torch.float64).reshape(-1, *self.mean.shape)
-        batch_mean = x.mean(0)
-        batch_var = x.var(0, unbiased=False)
-        n = x.shape[0]
+        self.update_from_moments(x.mean(0), x.var(0, unbiased=False), x.shape[0])
+
+    @torch.no_grad()
+    def update_from_moments(
+        self, batch_mean: Tensor, batch_var: Tensor, n: int | float | Tensor
+    ) -> None:
+        """Fold a batch given by its mean, population variance and size (mario_rl.distributed
+        passes the moments of every rank's batch together)."""
         delta = batch_mean - self.mean
         total = self.count + n
         m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total

@@ -20,7 +20,7 @@ import copy
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from mario_rl.algos.common import (
 from mario_rl.checkpoint import load_optimizer_state, optimizer_state_tensors
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, RNDModel, build_model
+
+if TYPE_CHECKING:
+    from mario_rl.distributed import Distributed
 
 CHECKPOINT_FORMAT = "mario-rl/ppo-trainer"
 CHECKPOINT_VERSION = 1
@@ -142,6 +145,24 @@ def torch_threads(n: int) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
+def episode_metrics(
+    episodes: list[dict[str, Any]], restored: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Means over finished episodes (charts/episode_return, …, charts/flag_rate), and the episodes
+    begun from a saved progress state counted apart (charts/restored_*)."""
+    metrics: dict[str, float] = {}
+    if episodes:
+        metrics["charts/episodes"] = float(len(episodes))
+        for key, tag in (("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
+            vals = [float(e[key]) for e in episodes if key in e]
+            if vals:
+                metrics[f"charts/{tag}"] = float(np.mean(vals))
+    if restored:
+        metrics["charts/restored_episodes"] = float(len(restored))
+        metrics["charts/restored_flag_rate"] = float(np.mean([bool(e["flag"]) for e in restored]))
+    return metrics
+
+
 # -- storage -------------------------------------------------------------------------------------
 class Rollout:
     """Preallocated storage for one rollout of T steps x N envs (plus what GAE needs).
@@ -238,6 +259,8 @@ class PPO:
         self.n_actions = n_actions
         self.recurrent = cfg.algo == "ppo-lstm"
         self.use_rnd = cfg.algo == "ppo-rnd"
+        self.dist: Distributed | None = None
+        """Set by Distributed.attach under torchrun: updates and batch statistics become global."""
         # Separate streams so that collection (possibly in another thread) and learning do not
         # interleave draws from one generator.
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -264,6 +287,8 @@ class PPO:
         self.global_step = 0
         self.update = 0
         self.episodes: list[dict[str, Any]] = []
+        self.restored_episodes: list[dict[str, Any]] = []
+        """Episodes of the last rollout begun from a saved progress state (not in episodes)."""
         self.episodes_done = 0
         self.rollout = Rollout(cfg, self.obs_shape, self.device)
         """The rollout learn() trains on (the latest one collect() returned)."""
@@ -314,15 +339,20 @@ class PPO:
         """Learning rate for the next update."""
         cfg = self.cfg
         if cfg.lr_schedule == "linear":
-            return linear_schedule(cfg.lr, cfg.lr_final, self.update / cfg.num_updates)
+            return linear_schedule(cfg.lr, cfg.lr_final, self._progress())
         return cfg.lr
 
     def current_ent_coef(self) -> float:
         """Entropy coefficient for the next update."""
         cfg = self.cfg
         if cfg.ent_schedule == "linear":
-            return linear_schedule(cfg.ent_coef, cfg.ent_coef_final, self.update / cfg.num_updates)
+            return linear_schedule(cfg.ent_coef, cfg.ent_coef_final, self._progress())
         return cfg.ent_coef
+
+    def _progress(self) -> float:
+        # Under torchrun each update consumes world_size batches of the step budget.
+        world = 1 if self.dist is None else self.dist.world_size
+        return self.update / max(1, self.cfg.total_steps // (self.cfg.batch_size * world))
 
     # -- collect ---------------------------------------------------------------------------------
     def collect(self) -> dict[str, float]:
@@ -354,13 +384,14 @@ class PPO:
             pending, self._pending = self._pending, None
             buf = pending.result()
             self._spare, self.rollout = self.rollout, buf
-        self.global_step += self.cfg.batch_size
+        self.global_step += self.cfg.batch_size * (1 if self.dist is None else self.dist.world_size)
         if self._pool is not None:
             self._launch()
         wait = time.perf_counter() - t0
         # Episodes begun from a saved progress state (EnvConfig.progress_starts) would inflate
         # the stage's flag rate and x: they are counted apart, and not in self.episodes.
         restored = [e for e in buf.episodes if e.get("restored")]
+        self.restored_episodes = restored
         self.episodes = [e for e in buf.episodes if not e.get("restored")]
         self.episodes_done += len(buf.episodes)
         metrics = dict(buf.times)
@@ -373,18 +404,7 @@ class PPO:
         for name, total in buf.components.items():
             metrics[f"rewards/{name}"] = float(total.sum() / self.cfg.batch_size)
         metrics["charts/reward_per_step"] = float(buf.rewards.mean())
-        if self.episodes:
-            metrics["charts/episodes"] = float(len(self.episodes))
-            for key, tag in (("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
-                vals = [float(e[key]) for e in self.episodes if key in e]
-                if vals:
-                    metrics[f"charts/{tag}"] = float(np.mean(vals))
-        if restored:
-            metrics["charts/restored_episodes"] = float(len(restored))
-            metrics["charts/restored_flag_rate"] = float(
-                np.mean([bool(e["flag"]) for e in restored])
-            )
-        return metrics
+        return metrics | episode_metrics(self.episodes, restored)
 
     def _launch(self) -> None:
         """Start collecting into the spare buffer with a snapshot of the current weights."""
@@ -531,7 +551,10 @@ class PPO:
             obs, *_ = self.envs.step(a.numpy())
             frames.append(torch.from_numpy(obs[:, -1]))
         if obs is not None:
-            self.rnd.obs_rms.update(torch.stack(frames).reshape(-1, 1, *self.obs_shape[1:]).float())
+            self._update_stats(
+                self.rnd.obs_rms,
+                torch.stack(frames).reshape(-1, 1, *self.obs_shape[1:]).float(),
+            )
             # The random steps moved the envs on: carry on from where they are.
             self.next_obs.copy_(torch.from_numpy(obs))
             self.next_start.fill_(True)
@@ -548,18 +571,26 @@ class PPO:
         errs = [self.rnd.error(chunk) for chunk in frames.split(1024)]
         raw = torch.cat(errs).reshape(cfg.rollout_steps, cfg.num_envs)
         if cfg.rnd_reward_norm == "minmax":
-            r_int = (raw - raw.min()) / (raw.max() - raw.min() + 1e-8)
+            lo, hi = (raw.min(), raw.max()) if self.dist is None else self.dist.min_max(raw)
+            r_int = (raw - lo) / (hi - lo + 1e-8)
         else:
             rets, last = discounted_running_returns(raw, self.int_return, cfg.rnd_gamma_int)
             self.int_return.copy_(last)
-            self.int_reward_rms.update(rets.reshape(-1))
+            self._update_stats(self.int_reward_rms, rets.reshape(-1))
             r_int = raw / self.int_reward_rms.var.float().add(1e-8).sqrt()
         buf.rewards_int.copy_(r_int)
-        self.rnd.obs_rms.update(frames.unsqueeze(1).float())
+        self._update_stats(self.rnd.obs_rms, frames.unsqueeze(1).float())
         return {
             "charts/intrinsic_reward": float(r_int.mean()),
             "charts/rnd_error": float(raw.mean()),
         }
+
+    def _update_stats(self, rms: RunningMeanStd, x: Tensor) -> None:
+        # Under torchrun every rank folds in the same global batch, so the statistics agree.
+        if self.dist is None:
+            rms.update(x)
+        else:
+            self.dist.update_running_stats(rms, x)
 
     # -- learn -----------------------------------------------------------------------------------
     def compute_advantages(self) -> None:
@@ -638,7 +669,11 @@ class PPO:
                     out = self.model(self._as_nchw(b_obs[idx]))
                 adv = b_adv[idx]
                 if cfg.norm_adv:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                    # Over all ranks' minibatches under torchrun: the combined batch's statistics.
+                    mean, std = (
+                        (adv.mean(), adv.std()) if self.dist is None else self.dist.mean_std(adv)
+                    )
+                    adv = (adv - mean) / (std + 1e-8)
                 terms = ppo_losses(
                     out.logits.reshape(-1, self.n_actions),
                     b_actions[idx],
@@ -677,6 +712,9 @@ class PPO:
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.dist is not None:
+                    # Before clipping, so that every rank clips the same mean gradient.
+                    self.dist.average_gradients(self.optimizer.param_groups[0]["params"])
                 if cfg.max_grad_norm > 0:
                     terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(
                         self.optimizer.param_groups[0]["params"], cfg.max_grad_norm
@@ -688,7 +726,7 @@ class PPO:
                     v = val.detach()
                     sums[key] = sums[key] + v if key in sums else v.clone()
                 n_mb += 1
-                if cfg.target_kl is not None and float(terms["approx_kl"]) > 1.5 * cfg.target_kl:
+                if cfg.target_kl is not None and self._kl(terms["approx_kl"]) > 1.5 * cfg.target_kl:
                     stop = True
                     break
             epochs_done += 1
@@ -722,6 +760,10 @@ class PPO:
                 flat(buf.values_int), flat(buf.returns_int)
             )
         return metrics
+
+    def _kl(self, approx_kl: Tensor) -> float:
+        # The mean over the ranks, so that every rank stops the update at the same minibatch.
+        return float(approx_kl) if self.dist is None else self.dist.mean(approx_kl)
 
     def _as_nchw(self, x: Tensor) -> Tensor:
         """Gathered storage rows -> (B, C, H, W) (a free permute when stored NHWC)."""
