@@ -210,3 +210,18 @@ def test_every_preset_loads_and_validates():
         (job.a3g if job.algo == "a3g" else job.ppo).validate()
         job.env.validate()
         assert job.env.stages == stages
+
+
+def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
+    from mario_rl.cli import DEFAULT_PPO_PRESET, build_parser, train_job
+    from mario_rl.config import load_preset
+
+    preset = load_preset(DEFAULT_PPO_PRESET)
+    job = train_job(build_parser().parse_args(["train"]))
+    assert job.env.actions == preset["env"]["actions"]
+    assert job.ppo.rollout_steps == preset["ppo"]["rollout_steps"]
+    job = train_job(build_parser().parse_args(["train", "--actions", "simple", "--epochs", "3"]))
+    assert (job.env.actions, job.ppo.epochs) == ("simple", 3)
+    # Other algorithms keep their own defaults.
+    job = train_job(build_parser().parse_args(["train", "--algo", "ppo-lstm"]))
+    assert job.env.actions == "simple"

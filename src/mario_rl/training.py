@@ -355,7 +355,13 @@ def train(
 
 
 def _eval_kwargs(stages: str, rc: RunConfig) -> dict[str, Any]:
-    return {"stages": stages, "episodes": rc.eval_episodes, "seed": EVAL_SEED, "workers": 1}
+    return {
+        "stages": stages,
+        "episodes": rc.eval_episodes,
+        "seed": EVAL_SEED,
+        "workers": 1,
+        "sample": rc.eval_sample,
+    }
 
 
 def _env_failed(

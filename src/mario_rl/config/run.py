@@ -20,7 +20,10 @@ class RunConfig:
     eval_every: int = 100_000
     """Agent steps between evaluations (run in another process); 0 = off."""
     eval_episodes: int = 5
-    """Greedy episodes per stage in each evaluation during training."""
+    """Episodes per stage in each evaluation during training."""
+    eval_sample: bool = False
+    """Evaluations during training sample actions from the policy instead of its greedy argmax
+    (an early policy's argmax can be one fixed action that hides what it has learnt)."""
     log_every: int = 1
     """Updates between TensorBoard/progress refreshes."""
     stop_at_clear_rate: float = 0.0
