@@ -131,8 +131,12 @@ def test_warp_zone_penalty_above_the_ceiling(stage):
 def test_taking_a_warp_pipe_ends_a_stage_episode_without_flag():
     ru = rules()
     ep = ru.start(ram(world=1, stage=2))
-    out = ru.step(ep, ram(world=4, stage=1))
+    ru.step(ep, ram(world=1, stage=2, x=2000))
+    out = ru.step(ep, ram(world=4, stage=1, x=40))
     assert out.terminated and out.reason == "warp" and not ep.flag
+    # The episode's record is the stage it left, not where the pipe led.
+    assert (ep.stage, ep.x_max) == ("1-2", 2000)
+    assert out.components["progress"] == 0
 
 
 def test_puzzle_reward_for_the_7_4_sequence_in_order():

@@ -197,7 +197,8 @@ class Rules:
         if r.stage_name != ep.stage and not r.dying:
             # A new stage: after the flag when play goes on, otherwise a warp pipe.
             if not ep.flag and not self.game:
-                terminated, reason = True, "warp"
+                # The episode ends in the stage it leaves: its stats stay that stage's.
+                return self._outcome(ep, c, True, False, "warp")
             self._enter_stage(ep, r, ram)
             ep.flag = False
         elif r.area != ep.area:
@@ -263,10 +264,16 @@ class Rules:
             elif cfg.max_steps and ep.steps >= cfg.max_steps:
                 truncated, reason = True, "max_steps"
 
+        return self._outcome(ep, c, terminated, truncated, reason)
+
+    def _outcome(
+        self, ep: Episode, c: dict[str, float], terminated: bool, truncated: bool, reason: str
+    ) -> Outcome:
+        """Scale the step's components, add them to the episode's sums and return the step."""
         total = 0.0
         for k, v in c.items():
             if v:
-                v *= rw.scale
+                v *= self.rw.scale
                 c[k] = v
                 ep.sums[k] += v
                 total += v
