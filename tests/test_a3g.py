@@ -11,7 +11,6 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -459,7 +458,7 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def test_two_worker_smoke_run_eval_resume_and_sigterm(tmp_path: Path) -> None:
+def test_two_worker_smoke_run_and_eval(tmp_path: Path) -> None:
     run = tmp_path / "run"
     r = run_cli(
         *A3G_TINY, "--total-steps", "200", "--eval-every", "100", "--eval-episodes", "1",
@@ -484,29 +483,7 @@ def test_two_worker_smoke_run_eval_resume_and_sigterm(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["stages"]["1-1"]["episodes"] == 1
 
-    # Resume with a large budget and stop it with SIGTERM once it trained: the workers stop,
-    # and a final checkpoint is written.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mario_rl", *A3G_TINY, "--total-steps", "1000000",
-         "--eval-every", "0", "--run-dir", str(run), "--resume"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline and proc.poll() is None:
-            if any(row["step"] > meta["step"] and "losses/policy" in row for row in _rows(run)):
-                break
-            time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    assert "resumed" in out and "stop requested" in out, out
-    resumed = json.loads((final / "meta.json").read_text())
-    assert meta["step"] < resumed["step"] < 1_000_000
-    assert resumed["updates"] > meta["updates"]
+    # SIGINT/SIGTERM, --resume and the final checkpoint: tests/test_reliability.py (every algo).
     assert any("eval/flag_rate" in row for row in _rows(run))
     assert (run / "checkpoints" / "best" / "meta.json").is_file()
 

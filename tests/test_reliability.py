@@ -242,7 +242,7 @@ CASES: dict[str, list[Case]] = {
         Case("train --rollout-steps 1.5", r"got '1.5'", r"expects an integer"),
         Case("train --epochs 0", r"epochs .* got 0", r"positive integer"),
         Case("train --minibatch-size 0", r"minibatch_size .* got 0", r"positive integer"),
-        Case("train --minibatch-size 300", r"300 must divide .* 4096", r"e\.g\. one of"),
+        Case("train --minibatch-size 300", r"300 must divide .* = 2048", r"e\.g\. one of"),
         Case("train --lr 0", r"got 0", r"lr must be > 0"),
         Case("train --lr -0.0001", r"got -0.0001", r"lr must be > 0"),
         Case("train --lr fast", r"got 'fast'", r"expects a number"),
