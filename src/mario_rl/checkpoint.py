@@ -973,3 +973,16 @@ def restore_rng_state(
         raise CheckpointError(
             f"RNG state in the checkpoint is malformed ({e!r}); it cannot be restored"
         ) from None
+
+
+RESTORE_ERRORS = (KeyError, TypeError, IndexError, AttributeError, RuntimeError)
+"""What restoring a trainer from an ill-fitting checkpoint raises (its JSON is untrusted)."""
+
+
+def misfit_error(trainer: str, e: BaseException) -> ValueError:
+    """The one-line error for a checkpoint whose contents do not fit ``trainer``."""
+    why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return ValueError(
+        f"checkpoint does not fit this {trainer} trainer ({why}); "
+        "use a checkpoint saved by a run with the same settings"
+    )

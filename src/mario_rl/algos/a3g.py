@@ -40,7 +40,12 @@ from torch import Tensor, nn
 from mario_rl.algos.common import gae, linear_schedule
 from mario_rl.algos.ppo import sample_actions
 from mario_rl.algos.shared_optim import make_optimizer
-from mario_rl.checkpoint import load_optimizer_state, optimizer_state_tensors
+from mario_rl.checkpoint import (
+    RESTORE_ERRORS,
+    load_optimizer_state,
+    misfit_error,
+    optimizer_state_tensors,
+)
 from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs import EnvConfig, MarioVectorEnv, action_meanings
 from mario_rl.envs.stages import STAGES, StageSelection, parse_stages
@@ -768,12 +773,8 @@ class A3G:
         """
         try:
             self._restore(tensors, meta)
-        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
-            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-            raise ValueError(
-                f"checkpoint does not fit this A3G trainer ({why}); "
-                "use a checkpoint saved by a run with the same settings"
-            ) from None
+        except RESTORE_ERRORS as e:
+            raise misfit_error("A3G", e) from None
 
     def _restore(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         if meta.get("format") != CHECKPOINT_FORMAT:

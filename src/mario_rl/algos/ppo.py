@@ -34,7 +34,12 @@ from mario_rl.algos.common import (
     gae,
     linear_schedule,
 )
-from mario_rl.checkpoint import load_optimizer_state, optimizer_state_tensors
+from mario_rl.checkpoint import (
+    RESTORE_ERRORS,
+    load_optimizer_state,
+    misfit_error,
+    optimizer_state_tensors,
+)
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, RNDModel, build_model
 
@@ -857,12 +862,8 @@ class PPO:
         """
         try:
             self._restore(tensors, meta, restore_env_state)
-        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
-            why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-            raise ValueError(
-                f"checkpoint does not fit this {self.cfg.algo} trainer ({why}); "
-                "use a checkpoint saved by a run with the same settings"
-            ) from None
+        except RESTORE_ERRORS as e:
+            raise misfit_error(self.cfg.algo, e) from None
 
     def _restore(
         self, tensors: dict[str, Tensor], meta: dict[str, Any], restore_env_state: bool
