@@ -770,6 +770,11 @@ class EvalResult:
         return self.error is None
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line for a user-facing message: its type and first line of text."""
+    return f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+
+
 def _eval_worker(
     fn: Callable[..., Mapping[str, Any]],
     kwargs: dict[str, Any],
@@ -797,7 +802,7 @@ def _eval_worker(
             results.put(("ok", job_id, out, time.monotonic() - start))
         except BaseException as e:  # report everything; the trainer must never wait forever
             tb = traceback.format_exc()
-            summary = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+            summary = one_line(e)
             results.put(("error", job_id, (summary, tb), time.monotonic() - start))
 
 

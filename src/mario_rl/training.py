@@ -38,6 +38,7 @@ from .runner import (
     RunDir,
     SignalGuard,
     check_finite,
+    one_line,
 )
 
 EVAL_SEED = 1_000_003
@@ -375,7 +376,7 @@ def _env_failed(
     import traceback
 
     traceback.print_exception(e, file=sys.stderr)
-    summary = f"{type(e).__name__}: {e}".splitlines()[0]
+    summary = one_line(e)
     try:
         kept = f"final checkpoint {ckpts.save_final(step, *make_state())}"
     except Exception as save_error:  # e.g. out of memory: the periodic checkpoints remain

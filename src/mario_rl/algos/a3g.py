@@ -50,7 +50,7 @@ from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs import EnvConfig, MarioVectorEnv, action_meanings
 from mario_rl.envs.stages import STAGES, StageSelection, parse_stages
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, build_model
-from mario_rl.runner import NonFiniteError
+from mario_rl.runner import NonFiniteError, one_line
 
 CHECKPOINT_FORMAT = "mario-rl/a3g-trainer"
 CHECKPOINT_VERSION = 1
@@ -574,7 +574,7 @@ def worker_main(
     except NonFiniteError as e:
         messages.put(("nonfinite", rank, str(e)))
     except BaseException as e:
-        summary = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+        summary = one_line(e)
         messages.put(("error", rank, summary, traceback.format_exc()))
     finally:
         if worker is not None:

@@ -86,11 +86,11 @@ class EnvConfig:
     noop_max: int = 30
     """Episodes start after 0..noop_max emulator frames of no-op (seeded); 0 = off."""
     noop_random: bool = False
+    """Use random actions instead of no-ops for the start frames."""
     jump_repress: bool = False
     """Make a jump action jump whenever Mario can: when the previous action held A too and Mario
     stands (or swims), A is released for the step's first frame. Without it, holding A across
     a landing does nothing (the NES wants a new press), which the frame stack cannot show."""
-    """Use random actions instead of no-ops for the start frames."""
     progress_starts: float = 0.0
     """Training aid: the chance that an episode starts from a state an earlier episode of the
     same env group reached on that stage (a few kept per 256 px of x) instead of the stage's
