@@ -105,3 +105,75 @@ class FakeVectorEnv:
 
     def close(self) -> None:
         pass
+
+
+class GroupedFakeVectorEnv:
+    """Several FakeVectorEnvs as the groups of one vector env, with the group API of
+    ``MarioVectorEnv`` (``ranges``, ``step_group``, ``map_groups``: one thread per group)."""
+
+    def __init__(self, groups: int = 2, envs_per_group: int = 2, seed: int = 0, **kw: Any):
+        self.groups = [
+            FakeVectorEnv(num_envs=envs_per_group, seed=seed + 17 * k, **kw) for k in range(groups)
+        ]
+        self.num_envs = groups * envs_per_group
+        self.ranges = [range(k * envs_per_group, (k + 1) * envs_per_group) for k in range(groups)]
+        self.single_observation_space = self.groups[0].single_observation_space
+        self.single_action_space = self.groups[0].single_action_space
+        self.group_steps: list[list[tuple]] = [[] for _ in range(groups)]
+        """Every step_group result, per group (for tests to check what the collector stored)."""
+        self.start_obs: list[np.ndarray] = []
+        """Each group's obs from the last reset() or step(): where group stepping starts."""
+        self.lockstep_calls = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs = [
+            g.reset(seed=None if seed is None else seed + 17 * k)[0]
+            for k, g in enumerate(self.groups)
+        ]
+        self.start_obs = obs
+        return np.concatenate(obs), {}
+
+    def step_group(self, k: int, actions: np.ndarray):
+        out = self.groups[k].step(actions)
+        self.group_steps[k].append(out)
+        return out
+
+    def map_groups(self, fn):
+        import threading
+
+        results: list[Any] = [None] * len(self.groups)
+        errors: list[BaseException] = []
+
+        def run(k: int) -> None:
+            try:
+                results[k] = fn(k)
+            except BaseException as e:  # re-raised in the caller
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(len(self.groups))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+    def step(self, actions: np.ndarray):
+        """Every group at once (lock-step), as ``MarioVectorEnv.step``; not in group_steps."""
+        self.lockstep_calls += 1
+        outs = [
+            g.step(actions[r.start : r.stop]) for g, r in zip(self.groups, self.ranges, strict=True)
+        ]
+        self.start_obs = [o[0] for o in outs]
+        infos: dict[str, Any] = {}
+        return (
+            np.concatenate([o[0] for o in outs]),
+            np.concatenate([o[1] for o in outs]),
+            np.concatenate([o[2] for o in outs]),
+            np.concatenate([o[3] for o in outs]),
+            infos,
+        )
+
+    def close(self) -> None:
+        pass

@@ -79,9 +79,12 @@ def test_bench_env_json():
         "workers",
         "envs",
         "speedup_vs_one_worker",
+        "grouped_speedup_vs_one_worker",
+        "raw_speedup",
     ):
         assert key in out
     assert out["raw_fps"] > 0 and out["pipeline_fps"] > 0 and out["workers"] == 2
+    assert out["grouped_fps"] > 0 and out["raw_fps_one_worker"] > 0
 
 
 def test_presets_lists_the_shipped_files(capsys):

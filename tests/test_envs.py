@@ -105,6 +105,62 @@ def test_workers_do_not_change_results():
             np.testing.assert_array_equal(x, y)
 
 
+def test_step_group_from_worker_threads_matches_lockstep_step():
+    cfg = EnvConfig(stall_steps=8)
+    rng = np.random.default_rng(6)
+    actions = [rng.integers(0, 7, 4) for _ in range(70)]
+    lock = make_vector_env(cfg, num_envs=4, workers=2, seed=8)
+    grouped = make_vector_env(cfg, num_envs=4, workers=2, seed=8)
+    with pytest.raises(RuntimeError, match="reset"):
+        grouped.step_group(0, actions[0][:2])
+    lock.reset(seed=8)
+    grouped.reset(seed=8)
+    with pytest.raises(ValueError, match="group 1 expects 2 actions"):
+        grouped.step_group(1, actions[0])
+    ends = 0
+    for a in actions:
+        want = lock.step(a)
+        parts = grouped.map_groups(
+            lambda k, a=a: grouped.step_group(
+                k, a[grouped.ranges[k].start : grouped.ranges[k].stop]
+            )
+        )
+        for j in range(4):
+            np.testing.assert_array_equal(np.concatenate([p[j] for p in parts]), want[j])
+        np.testing.assert_array_equal(
+            np.concatenate([p[4]["x_pos"] for p in parts]), want[4]["x_pos"]
+        )
+        for k, p in enumerate(parts):
+            for j in np.flatnonzero(p[2] | p[3]):
+                i = grouped.ranges[k].start + j
+                np.testing.assert_array_equal(p[4]["final_obs"][j], want[4]["final_obs"][i])
+                assert p[4]["episode"]["x_max"][j] == want[4]["episode"]["x_max"][i]
+                ends += 1
+    assert ends >= 2
+    lock.close()
+    grouped.close()
+
+
+def test_map_groups_waits_for_every_group_before_raising():
+    import time
+
+    env = make_vector_env(EnvConfig(), num_envs=2, workers=2, seed=0)
+    done = []
+
+    def fn(k):
+        if k == 0:
+            raise OSError("group 0 failed")
+        time.sleep(0.3)
+        done.append(k)
+        return k
+
+    with pytest.raises(OSError, match="group 0 failed"):
+        env.map_groups(fn)
+    assert done == [1]
+    assert env.map_groups(lambda k: k * 10) == [0, 10]
+    env.close()
+
+
 def test_single_env_matches_vector_env_over_episode_ends():
     cfg = EnvConfig(stall_steps=25)
     rng = np.random.default_rng(7)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fake_env import FakeVectorEnv
+from fake_env import FakeVectorEnv, GroupedFakeVectorEnv
 from mario_rl.algos.common import (
     RunningMeanStd,
     discounted_running_returns,
@@ -280,6 +280,78 @@ def test_async_collect_overlaps_and_lags_one_update(algo: str) -> None:
         ppo.close()
 
 
+# -- grouped collection: one act-step loop per env worker --------------------------------------
+@pytest.mark.parametrize("algo", ["ppo", "ppo-lstm", "ppo-rnd"])
+def test_group_collect_stores_each_groups_steps_in_its_own_columns(algo: str) -> None:
+    env = GroupedFakeVectorEnv(groups=2, envs_per_group=2, max_len=5, death_p=0.1)
+    ppo = PPO(tiny(algo, num_envs=4), env)
+    ppo.collect()
+    buf = ppo.rollout
+    with torch.no_grad():
+        # Whole rollout as one sequence per env: the LSTM starts from zeros at the first rollout.
+        out = ppo.model(buf.obs, None, buf.starts, return_all_states=True)
+    logp = torch.log_softmax(out.logits, -1).gather(-1, buf.actions.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logp, buf.logprobs, rtol=1e-4, atol=1e-5)
+    truncated = 0
+    for k, r in enumerate(env.ranges):
+        cols = slice(r.start, r.stop)
+        assert len(env.group_steps[k]) == 16
+        assert torch.equal(buf.obs[0, cols], torch.from_numpy(env.start_obs[k]))
+        for t, (obs, rew, term, trunc, infos) in enumerate(env.group_steps[k]):
+            assert torch.equal(buf.rewards[t, cols], torch.from_numpy(rew))
+            assert torch.equal(buf.terminations[t, cols], torch.from_numpy(term))
+            assert torch.equal(buf.dones[t, cols], torch.from_numpy(term | trunc))
+            if t + 1 < 16:
+                assert torch.equal(buf.obs[t + 1, cols], torch.from_numpy(obs))
+            for j in np.flatnonzero(trunc):
+                i = r.start + j
+                final = torch.from_numpy(infos["final_obs"][j]).unsqueeze(0)
+                state = None
+                if out.all_states is not None:
+                    state = (out.all_states[0][t, i : i + 1], out.all_states[1][t, i : i + 1])
+                with torch.no_grad():
+                    v = ppo.model(final, state, None).value
+                torch.testing.assert_close(buf.next_values[t, i : i + 1], v, rtol=1e-4, atol=1e-5)
+                truncated += 1
+    assert truncated >= 2
+    envs_seen = {e["env"] for e in ppo.episodes}
+    assert envs_seen <= {0, 1, 2, 3} and envs_seen & {2, 3}
+    steps = [(e["step"], e["env"]) for e in ppo.episodes]
+    assert steps == sorted(steps)
+    m = ppo.learn()
+    assert math.isfinite(m["losses/policy"])
+
+
+def test_group_collect_checkpoint_round_trip_gives_the_same_next_update() -> None:
+    cfg = tiny("ppo-lstm", num_envs=4)
+    a = PPO(cfg, GroupedFakeVectorEnv(groups=2, envs_per_group=2, death_p=0.1))
+    assert len(a.collect_gens) == 2
+    a.collect()
+    a.learn()
+    tensors, meta = _through_disk(*a.state_dict())
+    assert "rng.collect_generator.1" in tensors
+    env_at_save = copy.deepcopy(a.envs)
+    a.collect()
+    ma = a.learn()
+    b = PPO(cfg, GroupedFakeVectorEnv(groups=2, envs_per_group=2, seed=99))
+    b.envs = env_at_save
+    b.load_state_dict(tensors, meta, restore_env_state=True)
+    b.collect()
+    mb = b.learn()
+    assert ma["losses/policy"] == mb["losses/policy"]
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_group_collect_off_steps_all_envs_together() -> None:
+    ppo = PPO(tiny("ppo", num_envs=4, group_collect=False), FakeVectorEnv(num_envs=4))
+    assert ppo._groups() == [range(4)] and len(ppo.collect_gens) == 1
+    env = GroupedFakeVectorEnv(groups=2, envs_per_group=2, max_len=1000, death_p=0.0)
+    ppo = PPO(tiny("ppo", num_envs=4, group_collect=False), env)
+    ppo.collect()
+    assert env.lockstep_calls == 16 and env.group_steps == [[], []]
+
+
 def _through_disk(tensors: dict, meta: dict) -> tuple[dict, dict]:
     """What checkpoint.py does: safetensors for tensors, JSON for the rest."""
     return st_load(st_save(tensors)), json.loads(json.dumps(meta))
@@ -360,3 +432,25 @@ def test_smoke_on_the_real_env() -> None:
             assert ppo.rollout.obs.dtype == torch.uint8 and int(ppo.rollout.obs.max()) > 0
     finally:
         env.close()
+
+
+def test_group_collect_on_the_real_env_replays_in_lockstep() -> None:
+    from mario_rl.envs import EnvConfig, make_vector_env
+
+    cfg = EnvConfig(stages="1-1", stall_steps=6)
+    env = make_vector_env(cfg, num_envs=4, workers=2, seed=0)
+    ppo = PPO(tiny("ppo", num_envs=4), env)
+    ppo.collect()
+    env.close()
+    buf = ppo.rollout
+    replay = make_vector_env(cfg, num_envs=4, workers=1, seed=0)
+    obs, _ = replay.reset(seed=tiny().seed)
+    ends = 0
+    for t in range(16):
+        np.testing.assert_array_equal(buf.obs[t].numpy(), obs)
+        obs, rew, term, trunc, _ = replay.step(buf.actions[t].numpy())
+        np.testing.assert_array_equal(buf.rewards[t].numpy(), rew)
+        np.testing.assert_array_equal(buf.dones[t].numpy(), term | trunc)
+        ends += int((term | trunc).sum())
+    replay.close()
+    assert ends >= 1 and len(ppo.episodes) == ends

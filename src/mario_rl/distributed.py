@@ -119,7 +119,7 @@ class Distributed:
             # The checkpoint holds rank 0's generators; the others draw their own streams.
             base = ppo.cfg.seed + 7919 * ppo.update
             ppo.gen.manual_seed(base)
-            ppo.collect_gen.manual_seed(base + 1)
+            ppo.seed_collection(base + 1)
         self.broadcast_trainer(ppo)
 
     # -- collectives of the update -------------------------------------------------------------

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -169,6 +171,18 @@ def episode_metrics(
 
 
 # -- storage -------------------------------------------------------------------------------------
+@dataclass
+class _GroupPart:
+    """What one env group's collection loop hands back besides the buffer columns it filled."""
+
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    components: dict[str, np.ndarray] = field(default_factory=dict)
+    state: LSTMState | None = None
+    t_env: float = 0.0
+    t_inf: float = 0.0
+    t_store: float = 0.0
+
+
 class Rollout:
     """Preallocated storage for one rollout of T steps x N envs (plus what GAE needs).
 
@@ -270,6 +284,12 @@ class PPO:
         # interleave draws from one generator.
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.collect_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.collect_gens = [self.collect_gen]
+        """Action-sampling streams, one per env group that collects side by side (group_collect)."""
+        if envs is not None:
+            for _ in range(1, len(self._groups(envs))):
+                self.collect_gens.append(torch.Generator())
+        self.seed_collection(cfg.seed + 1)
 
         # Initial weights from the seed, without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
@@ -437,54 +457,30 @@ class PPO:
         cfg = self.cfg
         if self._pool is None:
             buf.first_step = self.global_step
-        t_env = t_inf = t_store = 0.0
         t_start = time.perf_counter()
-        buf.episodes = []
-        buf.components = {}
-        state = self.lstm_state
-        for t in range(cfg.rollout_steps):
-            t0 = time.perf_counter()
-            buf.obs[t].copy_(self.next_obs)
-            buf.starts[t] = self.next_start
-            if self.recurrent and t % cfg.bptt_len == 0:
-                assert state is not None
-                # The state *before* this step's reset mask; the model applies starts itself.
-                buf.seq_h[t // cfg.bptt_len] = state[0]
-                buf.seq_c[t // cfg.bptt_len] = state[1]
-            t1 = time.perf_counter()
-            out = model(buf.obs[t], state, self.next_start)
-            action, logprob = sample_actions(out.logits, self.collect_gen)
-            buf.actions[t] = action
-            buf.logprobs[t] = logprob
-            buf.values[t] = out.value
-            if out.value_int is not None:
-                buf.values_int[t] = out.value_int
-            state = out.state
-            if self.recurrent and cfg.lstm_penalty > 0:
-                assert state is not None
-                buf.step_h[t], buf.step_c[t] = state
-            actions_np = action.cpu().numpy()
-            t2 = time.perf_counter()
-            obs, reward, term, trunc, infos = self.envs.step(actions_np)
-            t3 = time.perf_counter()
-            self.next_obs.copy_(torch.from_numpy(obs))
-            buf.rewards[t] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-            done_np = np.logical_or(term, trunc)
-            done_t = torch.from_numpy(done_np)
-            buf.terminations[t] = torch.from_numpy(np.asarray(term, dtype=bool))
-            buf.dones[t] = done_t
-            self.next_start.copy_(done_t)
-            if self.rnd is not None:
-                buf.next_frames[t] = self.next_obs[:, -1]
-            if done_np.any():
-                self._handle_episode_ends(buf, model, t, trunc, done_np, infos, state)
-            for name, value in infos.get("reward_components", {}).items():
-                acc = buf.components.get(name)
-                buf.components[name] = value.astype(np.float64) if acc is None else acc + value
-            t4 = time.perf_counter()
-            t_inf += t2 - t1
-            t_env += t3 - t2
-            t_store += (t1 - t0) + (t4 - t3)
+        groups = self._groups()
+        if len(groups) == 1:
+            parts = [self._collect_group(buf, model, range(cfg.num_envs), self.envs.step, 0)]
+        else:
+            # Each env worker runs its own act-step loop over its own envs, so no worker waits
+            # for the slowest group at every step (envs.step would); they meet once, here.
+            envs = self.envs
+            parts = envs.map_groups(
+                lambda k: self._collect_group(
+                    buf, model, groups[k], functools.partial(envs.step_group, k), k
+                )
+            )
+        buf.episodes = sorted(
+            (e for p in parts for e in p.episodes), key=lambda e: (e["step"], e["env"])
+        )
+        buf.components = {
+            name: np.concatenate([p.components[name] for p in parts])
+            for name in parts[0].components
+        }
+        states = [p.state for p in parts]
+        state = None
+        if states[0] is not None:
+            state = (torch.cat([s[0] for s in states]), torch.cat([s[1] for s in states]))  # type: ignore[index]
         self.lstm_state = state
 
         # Bootstrap: V(obs[t+1]) for every step; V(final_obs) was put where truncated.
@@ -495,53 +491,136 @@ class PPO:
         buf.next_values.copy_(torch.where(truncated, buf.next_values, boot))
         if last.value_int is not None:
             buf.last_value_int.copy_(last.value_int)
-        t_inf += time.perf_counter() - t0
+        # Groups ran side by side: each phase's time is the mean over them (wall-clock shares).
         buf.times = {
-            "time/env": t_env,
-            "time/inference": t_inf,
-            "time/storage": t_store,
+            "time/env": float(np.mean([p.t_env for p in parts])),
+            "time/inference": float(np.mean([p.t_inf for p in parts])) + time.perf_counter() - t0,
+            "time/storage": float(np.mean([p.t_store for p in parts])),
             "time/collect": time.perf_counter() - t_start,
         }
+
+    def seed_collection(self, seed: int) -> None:
+        """Re-seed the action-sampling streams (group k's from ``seed`` and k)."""
+        for k, gen in enumerate(self.collect_gens):
+            gen.manual_seed(seed + 1_000_003 * k)
+
+    def _groups(self, envs: Any = None) -> list[range]:
+        """The env index ranges that collect side by side (one per env worker, or all)."""
+        ranges = getattr(envs if envs is not None else self.envs, "ranges", None)
+        if not self.cfg.group_collect or ranges is None or len(ranges) < 2:
+            return [range(self.cfg.num_envs)]
+        return list(ranges)
+
+    def _collect_group(
+        self,
+        buf: Rollout,
+        model: ActorCritic,
+        r: range,
+        step: Callable[[np.ndarray], tuple],
+        k: int,
+    ) -> _GroupPart:
+        """``rollout_steps`` act-step rounds of the envs ``r`` (any thread; the envs of ``r``
+        and their columns of ``buf`` belong to this call alone)."""
+        cfg = self.cfg
+        part = _GroupPart()
+        gen = self.collect_gens[k]
+        cols = slice(r.start, r.stop)
+        state = None
+        if self.lstm_state is not None:
+            state = (self.lstm_state[0][cols], self.lstm_state[1][cols])
+        next_obs, next_start = self.next_obs[cols], self.next_start[cols]
+        with torch.inference_mode():
+            for t in range(cfg.rollout_steps):
+                t0 = time.perf_counter()
+                buf.obs[t, cols] = next_obs
+                buf.starts[t, cols] = next_start
+                if self.recurrent and t % cfg.bptt_len == 0:
+                    assert state is not None
+                    # The state *before* this step's reset mask; the model applies starts itself.
+                    buf.seq_h[t // cfg.bptt_len, cols] = state[0]
+                    buf.seq_c[t // cfg.bptt_len, cols] = state[1]
+                t1 = time.perf_counter()
+                out = model(buf.obs[t, cols], state, next_start)
+                action, logprob = sample_actions(out.logits, gen)
+                buf.actions[t, cols] = action
+                buf.logprobs[t, cols] = logprob
+                buf.values[t, cols] = out.value
+                if out.value_int is not None:
+                    buf.values_int[t, cols] = out.value_int
+                state = out.state
+                if self.recurrent and cfg.lstm_penalty > 0:
+                    assert state is not None
+                    buf.step_h[t, cols], buf.step_c[t, cols] = state
+                actions_np = action.cpu().numpy()
+                t2 = time.perf_counter()
+                obs, reward, term, trunc, infos = step(actions_np)
+                t3 = time.perf_counter()
+                next_obs.copy_(torch.from_numpy(obs))
+                buf.rewards[t, cols] = torch.from_numpy(np.asarray(reward, dtype=np.float32))
+                done_np = np.logical_or(term, trunc)
+                done_t = torch.from_numpy(done_np)
+                buf.terminations[t, cols] = torch.from_numpy(np.asarray(term, dtype=bool))
+                buf.dones[t, cols] = done_t
+                next_start.copy_(done_t)
+                if self.rnd is not None:
+                    buf.next_frames[t, cols] = next_obs[:, -1]
+                if done_np.any():
+                    self._handle_episode_ends(
+                        buf, model, t, r, trunc, done_np, infos, state, part.episodes
+                    )
+                for name, value in infos.get("reward_components", {}).items():
+                    acc = part.components.get(name)
+                    part.components[name] = value.astype(np.float64) if acc is None else acc + value
+                t4 = time.perf_counter()
+                part.t_inf += t2 - t1
+                part.t_env += t3 - t2
+                part.t_store += (t1 - t0) + (t4 - t3)
+        part.state = state
+        return part
 
     def _handle_episode_ends(
         self,
         buf: Rollout,
         model: ActorCritic,
         t: int,
+        r: range,
         trunc: np.ndarray,
         done: np.ndarray,
         infos: dict,
         state: LSTMState | None,
+        episodes: list[dict[str, Any]],
     ) -> None:
-        """Bootstrap values for truncated episodes, RND's true next frame, episode records."""
+        """Bootstrap values for truncated episodes, RND's true next frame, episode records
+        (``done``, ``infos`` and ``state`` are for the envs ``r``; ``episodes`` gets the records)."""
         final_obs = infos.get("final_obs")
         if final_obs is not None:
             idx = np.flatnonzero(done & infos.get("_final_obs", done))
             finals = torch.from_numpy(np.stack([final_obs[i] for i in idx])).to(self.device)
             if self.rnd is not None:
-                buf.next_frames[t, idx] = finals[:, -1]
+                buf.next_frames[t, r.start + idx] = finals[:, -1]
             cut = [k for k, i in enumerate(idx) if trunc[i]]
             if cut:
                 # A time limit cut the episode, it did not end: its return continues past the
                 # cut, so bootstrap from V(final_obs) (with the env's pre-reset LSTM state).
                 rows = torch.as_tensor(idx[cut])
                 sub_state = None if state is None else (state[0][rows], state[1][rows])
+                rows_buf = rows + r.start
                 x = finals[cut]
                 if self.cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                buf.next_values[t, rows] = model(x, sub_state, None).value
+                buf.next_values[t, rows_buf] = model(x, sub_state, None).value
         ep = infos.get("episode")
         if ep is not None:
             for i in np.flatnonzero(infos.get("_episode", done)):
                 rec: dict[str, Any] = {
-                    "env": int(i),
+                    "env": r.start + int(i),
                     "step": buf.first_step + (t + 1) * self.cfg.num_envs,
                 }
                 for key, arr in ep.items():
                     if isinstance(arr, np.ndarray) and arr.ndim == 1:
                         v = arr[i]
                         rec[key] = v.item() if hasattr(v, "item") else v
-                buf.episodes.append(rec)
+                episodes.append(rec)
 
     # -- RND ----------------------------------------------------------------------------------
     def _init_rnd_obs_stats(self) -> None:
@@ -832,6 +911,8 @@ class PPO:
             tensors["env.lstm_c"] = self.lstm_state[1].clone()
         tensors["rng.generator"] = self.gen.get_state()
         tensors["rng.collect_generator"] = self.collect_gen.get_state()
+        for k, gen in enumerate(self.collect_gens[1:], 1):
+            tensors[f"rng.collect_generator.{k}"] = gen.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {
             "format": CHECKPOINT_FORMAT,
@@ -890,6 +971,9 @@ class PPO:
         self.gen.set_state(tensors["rng.generator"].clone())
         if "rng.collect_generator" in tensors:
             self.collect_gen.set_state(tensors["rng.collect_generator"].clone())
+        for k, gen in enumerate(self.collect_gens[1:], 1):
+            if f"rng.collect_generator.{k}" in tensors:
+                gen.set_state(tensors[f"rng.collect_generator.{k}"].clone())
         torch.set_rng_state(tensors["rng.torch"].clone())
         self.global_step = int(meta["global_step"])
         self.update = int(meta["update"])

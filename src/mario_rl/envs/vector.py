@@ -11,9 +11,9 @@ full-colour screen of the finished episode, since ``rgb(i)`` already shows the n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any, TypeVar
 
 import numpy as np
 from gymnasium import spaces
@@ -24,6 +24,8 @@ from .config import EnvConfig
 from .core import EmulatorGroup, StepResult
 from .rules import COMPONENTS
 from .stages import STAGES, StageSelection, parse_stages
+
+T = TypeVar("T")
 
 
 def _split(n: int, parts: int) -> list[range]:
@@ -84,9 +86,9 @@ class MarioVectorEnv(VectorEnv):
             self._seed = seed
         for g, r in zip(self.groups, self.ranges, strict=True):
             g.reseed(self._seeds(r, self._seed))
-        obs = np.concatenate(self._map(lambda g: g.reset()))
+        obs = np.concatenate(self.map_groups(lambda k: self.groups[k].reset()))
         self._started = True
-        return obs, self._step_info()
+        return obs, _positions(self.groups)
 
     def step(
         self, actions: np.ndarray
@@ -97,53 +99,41 @@ class MarioVectorEnv(VectorEnv):
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,):
             raise ValueError(f"expected {self.num_envs} actions, got shape {actions.shape}")
-        results: list[StepResult] = self._map(
-            lambda g, r: g.step(actions[r.start : r.stop]), with_range=True
+        results: list[StepResult] = self.map_groups(
+            lambda k: self.groups[k].step(actions[self.ranges[k].start : self.ranges[k].stop])
         )
-        obs = np.concatenate([res.obs for res in results])
-        rewards = np.concatenate([res.rewards for res in results])
-        terminated = np.concatenate([res.terminated for res in results])
-        truncated = np.concatenate([res.truncated for res in results])
-        infos = self._step_info()
-        infos["reward_components"] = {
-            c: np.concatenate([res.components[c] for res in results]) for c in COMPONENTS
-        }
-        ended = terminated | truncated
-        if ended.any():
-            infos["final_obs"] = np.zeros((self.num_envs,), dtype=object)
-            infos["_final_obs"] = ended.copy()
-            ep = {
-                "r": np.zeros(self.num_envs, np.float32),
-                "l": np.zeros(self.num_envs, np.int32),
-                "x_max": np.zeros(self.num_envs, np.int32),
-                "flag": np.zeros(self.num_envs, bool),
-                "stages_cleared": np.zeros(self.num_envs, np.int32),
-                "stage": np.zeros(self.num_envs, np.int32),
-                "start_stage": np.zeros(self.num_envs, np.int32),
-                "reason": np.full(self.num_envs, "", dtype=object),
-                "time_left": np.zeros(self.num_envs, np.int32),
-                "restored": np.zeros(self.num_envs, bool),
-                "components": {c: np.zeros(self.num_envs, np.float32) for c in COMPONENTS},
-            }
-            for res, r in zip(results, self.ranges, strict=True):
-                for j, fo in res.final_obs.items():
-                    infos["final_obs"][r.start + j] = fo
-                for j, stats in res.finished.items():
-                    i = r.start + j
-                    for k, v in stats.items():
-                        if k == "components":
-                            for c, cv in v.items():
-                                ep["components"][c][i] = cv
-                        else:
-                            ep[k][i] = v
-            infos["episode"] = ep
-            infos["_episode"] = ended.copy()
-            if any(res.final_rgb for res in results):
-                infos["final_rgb"] = np.zeros((self.num_envs,), dtype=object)
-                for res, r in zip(results, self.ranges, strict=True):
-                    for j, screen in res.final_rgb.items():
-                        infos["final_rgb"][r.start + j] = screen
-        return obs, rewards, terminated, truncated, infos
+        return _assemble(results, self.ranges, self.groups)
+
+    def step_group(
+        self, k: int, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """One agent step of group ``k``'s envs only (indices ``self.ranges[k]``), same contract.
+
+        Safe to call for different groups from different threads at once: this is how a
+        collector lets each worker run its own envs without waiting for the slowest group at
+        every step (``map_groups``). Arrays and infos are indexed within the group.
+        """
+        if not self._started:
+            raise RuntimeError("call reset() before step_group()")
+        r = self.ranges[k]
+        actions = np.asarray(actions)
+        if actions.shape != (len(r),):
+            raise ValueError(f"group {k} expects {len(r)} actions, got shape {actions.shape}")
+        res = self.groups[k].step(actions)
+        return _assemble([res], [range(len(r))], [self.groups[k]])
+
+    def map_groups(self, fn: Callable[[int], T]) -> list[T]:
+        """Run ``fn(k)`` for every group ``k`` at once, one worker thread each (group 0 in the
+        calling thread); returns the results in group order and re-raises the first failure."""
+        if self._pool is None:
+            return [fn(k) for k in range(self.workers)]
+        futures = [self._pool.submit(fn, k) for k in range(1, self.workers)]
+        try:
+            first = fn(0)
+        finally:
+            # Never leave a group running in the pool when this returns or raises.
+            wait(futures)
+        return [first, *(f.result() for f in futures)]
 
     def close(self, **kwargs: Any) -> None:
         """Stop the threads and release the emulators."""
@@ -194,31 +184,72 @@ class MarioVectorEnv(VectorEnv):
                 return g, i - r.start
         raise IndexError(i)
 
-    def _map(self, fn, with_range: bool = False) -> list:
-        """Run ``fn`` on every group, group 0 in this thread and the rest in the pool."""
-        args = [
-            (g, r) if with_range else (g,) for g, r in zip(self.groups, self.ranges, strict=True)
-        ]
-        if self._pool is None:
-            return [fn(*a) for a in args]
-        futures = [self._pool.submit(fn, *a) for a in args[1:]]
-        first = fn(*args[0])
-        return [first, *(f.result() for f in futures)]
 
-    def _step_info(self) -> dict[str, Any]:
-        """Per-env position info after the latest step (or reset)."""
-        eps = [ep for g in self.groups for ep in g.episodes]
-        return {
-            "x_pos": np.array([e.x for e in eps], np.int32),
-            "y_pos": np.array([e.y for e in eps], np.int32),
-            "x_max": np.array([e.x_max for e in eps], np.int32),
-            "stage": np.array(
-                [STAGES.index(e.stage) if e.stage in STAGES else -1 for e in eps], np.int32
-            ),
-            "lives": np.array([e.lives for e in eps], np.int32),
-            "time": np.array([e.time for e in eps], np.int32),
-            "flag_get": np.array([e.flag for e in eps], bool),
+def _positions(groups: Sequence[EmulatorGroup]) -> dict[str, Any]:
+    """Per-env position info after the latest step (or reset) of ``groups``, in order."""
+    eps = [ep for g in groups for ep in g.episodes]
+    return {
+        "x_pos": np.array([e.x for e in eps], np.int32),
+        "y_pos": np.array([e.y for e in eps], np.int32),
+        "x_max": np.array([e.x_max for e in eps], np.int32),
+        "stage": np.array(
+            [STAGES.index(e.stage) if e.stage in STAGES else -1 for e in eps], np.int32
+        ),
+        "lives": np.array([e.lives for e in eps], np.int32),
+        "time": np.array([e.time for e in eps], np.int32),
+        "flag_get": np.array([e.flag for e in eps], bool),
+    }
+
+
+def _assemble(
+    results: list[StepResult], ranges: list[range], groups: Sequence[EmulatorGroup]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The Gymnasium step tuple of some groups' results (``ranges`` index into the output)."""
+    n = ranges[-1].stop
+    obs = np.concatenate([res.obs for res in results])
+    rewards = np.concatenate([res.rewards for res in results])
+    terminated = np.concatenate([res.terminated for res in results])
+    truncated = np.concatenate([res.truncated for res in results])
+    infos = _positions(groups)
+    infos["reward_components"] = {
+        c: np.concatenate([res.components[c] for res in results]) for c in COMPONENTS
+    }
+    ended = terminated | truncated
+    if ended.any():
+        infos["final_obs"] = np.zeros((n,), dtype=object)
+        infos["_final_obs"] = ended.copy()
+        ep = {
+            "r": np.zeros(n, np.float32),
+            "l": np.zeros(n, np.int32),
+            "x_max": np.zeros(n, np.int32),
+            "flag": np.zeros(n, bool),
+            "stages_cleared": np.zeros(n, np.int32),
+            "stage": np.zeros(n, np.int32),
+            "start_stage": np.zeros(n, np.int32),
+            "reason": np.full(n, "", dtype=object),
+            "time_left": np.zeros(n, np.int32),
+            "restored": np.zeros(n, bool),
+            "components": {c: np.zeros(n, np.float32) for c in COMPONENTS},
         }
+        for res, r in zip(results, ranges, strict=True):
+            for j, fo in res.final_obs.items():
+                infos["final_obs"][r.start + j] = fo
+            for j, stats in res.finished.items():
+                i = r.start + j
+                for k, v in stats.items():
+                    if k == "components":
+                        for c, cv in v.items():
+                            ep["components"][c][i] = cv
+                    else:
+                        ep[k][i] = v
+        infos["episode"] = ep
+        infos["_episode"] = ended.copy()
+        if any(res.final_rgb for res in results):
+            infos["final_rgb"] = np.zeros((n,), dtype=object)
+            for res, r in zip(results, ranges, strict=True):
+                for j, screen in res.final_rgb.items():
+                    infos["final_rgb"][r.start + j] = screen
+    return obs, rewards, terminated, truncated, infos
 
 
 def make_vector_env(
