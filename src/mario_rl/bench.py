@@ -167,7 +167,9 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
 
     cfg, env_cfg = job.ppo, job.env
     check_device(cfg.device)
-    env_fps, env_sps = _pipeline(env_cfg, cfg.num_envs, job.workers, seconds / 2)
+    # The reference steps the env the way the collector will: by groups or all together.
+    reference = _grouped if cfg.group_collect and job.workers > 1 else _pipeline
+    env_fps, env_sps = reference(env_cfg, cfg.num_envs, job.workers, seconds / 2)
     envs = make_vector_env(env_cfg, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
     ppo = PPO(cfg, envs)
     ppo.collect()  # warm-up: allocator, oneDNN kernels, first episodes
@@ -205,6 +207,7 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         "epochs": cfg.epochs,
         "minibatch_size": cfg.minibatch_size,
         "torch_threads": torch.get_num_threads(),
+        "group_collect": bool(cfg.group_collect and job.workers > 1),
         "train_steps_per_s": round(train_sps, 1),
         "env_steps_per_s": round(env_sps, 1),
         "env_fps": round(env_fps, 1),

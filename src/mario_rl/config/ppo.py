@@ -97,7 +97,7 @@ class PPOConfig:
     and an OpenMP barrier per step stalls badly whenever the other core is busy (0 = torch_threads)."""
     group_collect: bool = True
     """With several env workers, each runs its own act-step loop over its own envs, so none waits
-    for the slowest group at every step (measured ~1.2x more env steps/s with 2 workers; see
+    for the slowest group at every step (measured 1.2x faster training with 2 workers; see
     docs/benchmarks.md). Off: one policy call for all envs, then all step together."""
     async_collect: bool = False
     """Collect the next rollout in a background thread (with a snapshot of the policy) while
