@@ -221,14 +221,17 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
 def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     """A3G's training steps/s (all workers) vs the env alone with one env per worker.
 
-    The reference steps ``workers`` envs on ``workers`` threads with random actions; A3G then
+    The reference steps ``workers`` envs on ``workers`` threads with random actions, each
+    thread its own env at its own pace (``step_group``); A3G then
     runs its real worker processes for ``seconds / 2`` after a warm-up that ends with every
     worker's first update (process spawn and imports are not counted).
     """
     from .algos.a3g import A3G
 
     cfg, env_cfg = job.a3g, job.env
-    env_fps, env_sps = _pipeline(env_cfg, cfg.workers, cfg.workers, seconds / 2)
+    # Each worker steps its own env without waiting for the others, as A3G's workers do.
+    reference = _grouped if cfg.workers > 1 else _pipeline
+    env_fps, env_sps = reference(env_cfg, cfg.workers, cfg.workers, seconds / 2)
     a3g = A3G(cfg, env_cfg)
     phases = {"env": 0.0, "inference": 0.0, "learn": 0.0, "sync": 0.0}
     a3g.start()
