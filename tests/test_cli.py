@@ -63,8 +63,11 @@ def test_train_smoke_writes_checkpoints_and_resumes(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "resumed" in r.stdout and "step 128" in r.stdout
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) == 256
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 256
+    # Every update is in the log once, the one at the checkpoint the run resumed from included.
+    sps_steps = [r["step"] for r in rows if "charts/SPS" in r]
+    assert 128 in sps_steps and sps_steps == sorted(set(sps_steps))
 
 
 def test_bench_env_json():

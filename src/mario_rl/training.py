@@ -204,8 +204,11 @@ def _session(
     """What every training loop runs inside: logger, progress display, signal guard and the
     evaluation process (closed in reverse order whatever happens)."""
     rc = job.run
+    # The rows at the checkpoint's own step were logged before that checkpoint was written:
+    # keep them, drop only what the stopped process logged after it.
+    purge = start_step + 1 if rc.resume else None
     with (
-        Logger(run, purge_step=start_step if rc.resume else None) as log,
+        Logger(run, purge_step=purge) as log,
         Progress(total_steps, start_step=start_step, timer=timer, title=title, stream=out) as prog,
         SignalGuard() as guard,
         EvalProcess(
