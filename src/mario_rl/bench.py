@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -51,28 +53,15 @@ def _raw_fps(envs: int, workers: int, seconds: float, stage: str, actions: str) 
     return sum(counts) / elapsed
 
 
-def _pipeline(config: EnvConfig, envs: int, workers: int, seconds: float) -> tuple[float, float]:
-    """(emulated frames/s, agent steps/s) through the whole vector env with random actions."""
-    env = make_vector_env(config, num_envs=envs, workers=workers, seed=0)
-    rng = np.random.default_rng(0)
-    n_actions = env.single_action_space.n
-    env.reset(seed=0)
-    env.step(rng.integers(n_actions, size=envs))  # warm-up
-    f0, steps = env.frames, 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        env.step(rng.integers(n_actions, size=envs))
-        steps += envs
-    elapsed = time.perf_counter() - start
-    fps = (env.frames - f0) / elapsed
-    env.close()
-    return fps, steps / elapsed
+def _pipeline(
+    config: EnvConfig, envs: int, workers: int, seconds: float, grouped: bool = False
+) -> tuple[float, float]:
+    """(emulated frames/s, agent steps/s) through the whole vector env with random actions.
 
-
-def _grouped(config: EnvConfig, envs: int, workers: int, seconds: float) -> tuple[float, float]:
-    """(emulated frames/s, agent steps/s) with every worker stepping its own group of envs
+    Lock-step ``env.step()``, or with ``grouped`` every worker stepping its own group of envs
     (``step_group``) as fast as it can: how a collector that runs one policy loop per worker
-    drives the env, with no wait for the slowest group at each step."""
+    drives the env, with no wait for the slowest group at each step.
+    """
     env = make_vector_env(config, num_envs=envs, workers=workers, seed=0)
     n_actions = env.single_action_space.n
     env.reset(seed=0)
@@ -80,15 +69,19 @@ def _grouped(config: EnvConfig, envs: int, workers: int, seconds: float) -> tupl
     f0 = env.frames
     start = time.perf_counter()
 
-    def run(k: int) -> int:
+    def run(k: int, size: int, step: Callable[[np.ndarray], Any]) -> int:
         rng = np.random.default_rng(k)
-        size, steps = len(env.ranges[k]), 0
+        steps = 0
         while time.perf_counter() - start < seconds:
-            env.step_group(k, rng.integers(n_actions, size=size))
+            step(rng.integers(n_actions, size=size))
             steps += size
         return steps
 
-    steps = sum(env.map_groups(run))
+    if grouped:
+        parts = env.map_groups(lambda k: run(k, len(env.ranges[k]), partial(env.step_group, k)))
+        steps = sum(parts)
+    else:
+        steps = run(0, envs, env.step)
     elapsed = time.perf_counter() - start
     fps = (env.frames - f0) / elapsed
     env.close()
@@ -123,7 +116,7 @@ def bench_env(
         m["pipe"].append(fps)
         m["steps"].append(sps)
         if workers > 1:
-            fps, sps = _grouped(config, envs, workers, t)
+            fps, sps = _pipeline(config, envs, workers, t, grouped=True)
             m["grouped"].append(fps)
             m["gsteps"].append(sps)
             m["raw1"].append(_raw_fps(envs, 1, t, stage, config.actions))
@@ -168,8 +161,8 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     cfg, env_cfg = job.ppo, job.env
     check_device(cfg.device)
     # The reference steps the env the way the collector will: by groups or all together.
-    reference = _grouped if cfg.group_collect and job.workers > 1 else _pipeline
-    env_fps, env_sps = reference(env_cfg, cfg.num_envs, job.workers, seconds / 2)
+    grouped = cfg.group_collect and job.workers > 1
+    env_fps, env_sps = _pipeline(env_cfg, cfg.num_envs, job.workers, seconds / 2, grouped)
     envs = make_vector_env(env_cfg, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
     ppo = PPO(cfg, envs)
     ppo.collect()  # warm-up: allocator, oneDNN kernels, first episodes
@@ -207,7 +200,7 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         "epochs": cfg.epochs,
         "minibatch_size": cfg.minibatch_size,
         "torch_threads": torch.get_num_threads(),
-        "group_collect": bool(cfg.group_collect and job.workers > 1),
+        "group_collect": grouped,
         "train_steps_per_s": round(train_sps, 1),
         "env_steps_per_s": round(env_sps, 1),
         "env_fps": round(env_fps, 1),
@@ -230,8 +223,7 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
 
     cfg, env_cfg = job.a3g, job.env
     # Each worker steps its own env without waiting for the others, as A3G's workers do.
-    reference = _grouped if cfg.workers > 1 else _pipeline
-    env_fps, env_sps = reference(env_cfg, cfg.workers, cfg.workers, seconds / 2)
+    env_fps, env_sps = _pipeline(env_cfg, cfg.workers, cfg.workers, seconds / 2, grouped=True)
     a3g = A3G(cfg, env_cfg)
     phases = {"env": 0.0, "inference": 0.0, "learn": 0.0, "sync": 0.0}
     a3g.start()

@@ -284,11 +284,8 @@ class PPO:
         # interleave draws from one generator.
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.collect_gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.collect_gens = [self.collect_gen]
+        self.collect_gens = [self.collect_gen, *(torch.Generator() for _ in self._groups()[1:])]
         """Action-sampling streams, one per env group that collects side by side (group_collect)."""
-        if envs is not None:
-            for _ in range(1, len(self._groups(envs))):
-                self.collect_gens.append(torch.Generator())
         self.seed_collection(cfg.seed + 1)
 
         # Initial weights from the seed, without disturbing the caller's global RNG.
@@ -504,9 +501,9 @@ class PPO:
         for k, gen in enumerate(self.collect_gens):
             gen.manual_seed(seed + 1_000_003 * k)
 
-    def _groups(self, envs: Any = None) -> list[range]:
+    def _groups(self) -> list[range]:
         """The env index ranges that collect side by side (one per env worker, or all)."""
-        ranges = getattr(envs if envs is not None else self.envs, "ranges", None)
+        ranges = getattr(self.envs, "ranges", None)
         if not self.cfg.group_collect or ranges is None or len(ranges) < 2:
             return [range(self.cfg.num_envs)]
         return list(ranges)

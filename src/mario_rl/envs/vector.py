@@ -102,7 +102,7 @@ class MarioVectorEnv(VectorEnv):
         results: list[StepResult] = self.map_groups(
             lambda k: self.groups[k].step(actions[self.ranges[k].start : self.ranges[k].stop])
         )
-        return _assemble(results, self.ranges, self.groups)
+        return _assemble(results, self.groups)
 
     def step_group(
         self, k: int, actions: np.ndarray
@@ -120,7 +120,7 @@ class MarioVectorEnv(VectorEnv):
         if actions.shape != (len(r),):
             raise ValueError(f"group {k} expects {len(r)} actions, got shape {actions.shape}")
         res = self.groups[k].step(actions)
-        return _assemble([res], [range(len(r))], [self.groups[k]])
+        return _assemble([res], [self.groups[k]])
 
     def map_groups(self, fn: Callable[[int], T]) -> list[T]:
         """Run ``fn(k)`` for every group ``k`` at once, one worker thread each (group 0 in the
@@ -202,12 +202,13 @@ def _positions(groups: Sequence[EmulatorGroup]) -> dict[str, Any]:
 
 
 def _assemble(
-    results: list[StepResult], ranges: list[range], groups: Sequence[EmulatorGroup]
+    results: list[StepResult], groups: Sequence[EmulatorGroup]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """The Gymnasium step tuple of some groups' results (``ranges`` index into the output)."""
-    n = ranges[-1].stop
+    """The Gymnasium step tuple of consecutive groups' results, their envs numbered in order."""
     obs = np.concatenate([res.obs for res in results])
     rewards = np.concatenate([res.rewards for res in results])
+    n = len(rewards)
+    offsets = np.cumsum([0, *(len(res.rewards) for res in results)])[:-1].tolist()
     terminated = np.concatenate([res.terminated for res in results])
     truncated = np.concatenate([res.truncated for res in results])
     infos = _positions(groups)
@@ -231,11 +232,11 @@ def _assemble(
             "restored": np.zeros(n, bool),
             "components": {c: np.zeros(n, np.float32) for c in COMPONENTS},
         }
-        for res, r in zip(results, ranges, strict=True):
+        for res, off in zip(results, offsets, strict=True):
             for j, fo in res.final_obs.items():
-                infos["final_obs"][r.start + j] = fo
+                infos["final_obs"][off + j] = fo
             for j, stats in res.finished.items():
-                i = r.start + j
+                i = off + j
                 for k, v in stats.items():
                     if k == "components":
                         for c, cv in v.items():
@@ -246,9 +247,9 @@ def _assemble(
         infos["_episode"] = ended.copy()
         if any(res.final_rgb for res in results):
             infos["final_rgb"] = np.zeros((n,), dtype=object)
-            for res, r in zip(results, ranges, strict=True):
+            for res, off in zip(results, offsets, strict=True):
                 for j, screen in res.final_rgb.items():
-                    infos["final_rgb"][r.start + j] = screen
+                    infos["final_rgb"][off + j] = screen
     return obs, rewards, terminated, truncated, infos
 
 
