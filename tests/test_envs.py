@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
+from nes_py.vector_env import VectorNESEmulator
 
 from mario_rl.envs import (
     STAGES,
@@ -13,6 +15,8 @@ from mario_rl.envs import (
     make_vector_env,
     parse_stages,
 )
+from mario_rl.envs.actions import action_bytes
+from mario_rl.envs.snapshots import rom_path
 
 RIGHT = 1  # 'right' in every action set
 
@@ -183,6 +187,38 @@ def test_single_env_matches_vector_env_over_episode_ends():
     assert ends >= 1
     venv.close()
     senv.close()
+
+
+def test_observation_is_the_resized_max_of_each_steps_last_two_frames():
+    """Replays the same buttons on bare emulators started from the env's own states: each new
+    frame of the stack must be resize(max(gray(frame k-1), gray(frame k)))."""
+    cfg = EnvConfig(noop_max=0, jump_repress=False)
+    env = make_vector_env(cfg, num_envs=3, workers=2, seed=0)
+    env.reset(seed=0)
+    bare = VectorNESEmulator(rom_path(), 3)
+    for i in range(3):
+        g, j = env._locate(i)
+        bare.load_state(i, g.emu.dump_state(j))
+    buttons = action_bytes(cfg.actions)
+    rng = np.random.default_rng(1)
+    prev, last = np.zeros((3, 240, 256), np.uint8), np.zeros((3, 240, 256), np.uint8)
+    for _ in range(25):
+        a = np.array([RIGHT, *rng.integers(0, 7, 2)])
+        obs, _, term, trunc, _ = env.step(a)
+        assert not (term | trunc).any()  # no reset or cut-scene within these steps
+        for k in range(cfg.frame_skip):
+            bare.step(buttons[a])
+            if k == cfg.frame_skip - 2:
+                bare.observation("grayscale", output=prev)
+        bare.observation("grayscale", output=last)
+        for i in range(3):
+            want = cv2.resize(
+                np.maximum(prev[i], last[i]), (84, 84), interpolation=cv2.INTER_LINEAR
+            )
+            np.testing.assert_array_equal(obs[i, -1], want)
+    assert not np.array_equal(prev, last)  # the two frames differ, so the max is tested
+    bare.close()
+    env.close()
 
 
 def test_a_kept_frame_is_not_changed_by_the_next_step():
