@@ -236,8 +236,10 @@ TINY = [
 
 def torchrun(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "mario_rl", "train", *TINY, *args]  # fmt: skip
+    # --standalone: torchrun binds its own rendezvous port and keeps it, so no other process can
+    # take it between the test picking a free port and torchrun binding it.
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2",
+           "-m", "mario_rl", "train", *TINY, *args]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
