@@ -170,6 +170,11 @@ def episode_metrics(
     return metrics
 
 
+def _collect_key(k: int) -> str:
+    """Checkpoint key of env group k's action-sampling stream (group 0's predates groups)."""
+    return f"rng.collect_generator.{k}" if k else "rng.collect_generator"
+
+
 # -- storage -------------------------------------------------------------------------------------
 @dataclass
 class _GroupPart:
@@ -907,9 +912,8 @@ class PPO:
             tensors["env.lstm_h"] = self.lstm_state[0].clone()
             tensors["env.lstm_c"] = self.lstm_state[1].clone()
         tensors["rng.generator"] = self.gen.get_state()
-        tensors["rng.collect_generator"] = self.collect_gen.get_state()
-        for k, gen in enumerate(self.collect_gens[1:], 1):
-            tensors[f"rng.collect_generator.{k}"] = gen.get_state()
+        for k, gen in enumerate(self.collect_gens):
+            tensors[_collect_key(k)] = gen.get_state()
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {
             "format": CHECKPOINT_FORMAT,
@@ -966,11 +970,9 @@ class PPO:
             )
             self.int_return.copy_(tensors["rnd_int_return"])
         self.gen.set_state(tensors["rng.generator"].clone())
-        if "rng.collect_generator" in tensors:
-            self.collect_gen.set_state(tensors["rng.collect_generator"].clone())
-        for k, gen in enumerate(self.collect_gens[1:], 1):
-            if f"rng.collect_generator.{k}" in tensors:
-                gen.set_state(tensors[f"rng.collect_generator.{k}"].clone())
+        for k, gen in enumerate(self.collect_gens):
+            if _collect_key(k) in tensors:
+                gen.set_state(tensors[_collect_key(k)].clone())
         torch.set_rng_state(tensors["rng.torch"].clone())
         self.global_step = int(meta["global_step"])
         self.update = int(meta["update"])
