@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from itertools import accumulate
 from typing import Any, TypeVar
 
 import numpy as np
@@ -208,7 +209,6 @@ def _assemble(
     obs = np.concatenate([res.obs for res in results])
     rewards = np.concatenate([res.rewards for res in results])
     n = len(rewards)
-    offsets = np.cumsum([0, *(len(res.rewards) for res in results)])[:-1].tolist()
     terminated = np.concatenate([res.terminated for res in results])
     truncated = np.concatenate([res.truncated for res in results])
     infos = _positions(groups)
@@ -217,6 +217,8 @@ def _assemble(
     }
     ended = terminated | truncated
     if ended.any():
+        # Where each group's envs start in the output (only needed for the envs that ended).
+        offsets = list(accumulate((len(res.rewards) for res in results[:-1]), initial=0))
         infos["final_obs"] = np.zeros((n,), dtype=object)
         infos["_final_obs"] = ended.copy()
         ep = {
