@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 from .actions import ACTION_SETS
+from .emulator import BACKENDS
 from .stages import parse_stages
 
 
@@ -96,6 +97,9 @@ class EnvConfig:
     same env group reached on that stage (a few kept per 256 px of x) instead of the stage's
     start, so the far parts of a stage get practised; 0 = off. Not used in 'game' mode;
     evaluation always starts at the stage start. Such episodes are marked 'restored'."""
+    emulator: str = "native"
+    """Emulator backend: native (this package's C core, exact to nes-py and ~10x+ faster) or
+    nes-py (the reference it is checked against)."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward shaping."""
 
@@ -123,6 +127,10 @@ class EnvConfig:
         if self.actions not in ACTION_SETS:
             raise ValueError(
                 f"unknown action set {self.actions!r}; expected one of {', '.join(ACTION_SETS)}"
+            )
+        if self.emulator not in BACKENDS:
+            raise ValueError(
+                f"unknown emulator {self.emulator!r}; expected one of {', '.join(BACKENDS)}"
             )
         if self.interpolation not in ("linear", "area", "nearest"):
             raise ValueError(

@@ -1,7 +1,7 @@
 """One group of emulators stepped together: frame skip, observations, rules and resets.
 
-A group owns one native ``VectorNESEmulator`` (its step releases the GIL, so groups in
-different threads run in parallel). The vector env is a set of groups; the single env is a
+A group owns N machines of one emulator backend (``emulator.py``: the native core by default,
+or nes-py); their step releases the GIL, so groups in different threads run in parallel. The vector env is a set of groups; the single env is a
 group of one. Both therefore give the same observations, rewards and terminations.
 """
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from nes_py.vector_env import VectorNESEmulator
 
 from .actions import BUTTONS, action_bytes
 from .config import EnvConfig
+from .emulator import make_emulators
 from .rules import (
     BUSY_STATES,
     CHANGE_AREA_TIMER,
@@ -34,7 +34,6 @@ from .rules import (
     Rules,
     stage_number,
 )
-from .snapshots import rom_path, start_snapshot
 from .stages import StageSelection, parse_stages
 
 # OpenCV's own thread pool would fight the env threads for the same cores on an 84x84 resize.
@@ -74,7 +73,7 @@ class EmulatorGroup:
         self.cfg = config
         self.n = n
         self.selection: list[StageSelection] = [parse_stages(config.stages)] * n
-        self.emu = VectorNESEmulator(rom_path(), n)
+        self.emu = make_emulators(config.emulator, n)
         self.action_map = action_bytes(config.actions)
         self.interp = _INTERP[config.interpolation]
         self.crop = HUD_ROWS if config.crop_hud else 0
@@ -111,7 +110,7 @@ class EmulatorGroup:
 
     def rgb(self, i: int) -> np.ndarray:
         """A copy of env ``i``'s current full-colour screen (240x256x3)."""
-        return np.array(self.emu.screens[i], copy=True)
+        return self.emu.rgb(i)
 
     # -- episodes -----------------------------------------------------------------------------
     def set_selection(self, i: int, selection: StageSelection) -> None:
@@ -158,17 +157,18 @@ class EmulatorGroup:
             stage = None if sel.game else sel.sample(rng)
             saved = self._progress_start(stage, rng)
             self.restored[i] = saved is not None
-            self.emu.load_state(i, start_snapshot(stage) if saved is None else saved)
+            self.emu.load_state(i, self.emu.start_state(stage) if saved is None else saved)
             k = int(rng.integers(0, self.cfg.noop_max + 1)) if self.cfg.noop_max else 0
             if saved is not None:
                 k = 0
-            for _ in range(k):
+            for j in range(k):
                 a = (
                     self.action_map[rng.integers(len(self.action_map))]
                     if self.cfg.noop_random
                     else 0
                 )
-                self.emu.step_one(i, a)
+                # Only the last start frame's screen is looked at.
+                self.emu.step_one(i, a, draw=j == k - 1)
             self.frames += k
         self._fast_forward(i)
         self.prev_buttons[i] = 0
@@ -178,7 +178,7 @@ class EmulatorGroup:
         else:
             self.episodes.append(ep)
         self._bucket[i] = ep.x // _BUCKET_PX
-        self.emu.observation_one(i, "grayscale", output=self.gray[i])
+        self.emu.gray(i, self.gray[i])
         self.stack[i] = self._resize(self.gray[i])
 
     def _progress_start(self, stage: str | None, rng: np.random.Generator) -> object | None:
@@ -219,10 +219,11 @@ class EmulatorGroup:
         buttons = self.action_map[np.asarray(actions, dtype=np.int64)]
         first = self._repress(buttons) if cfg.jump_repress else buttons
         skip = cfg.frame_skip
-        for k in range(skip):
-            self.emu.step(first if k == 0 else buttons)
-            if cfg.max_pool and k == skip - 2:
-                self.emu.observation("grayscale", output=self.prev_gray)
+        pool = cfg.max_pool and skip > 1
+        self.emu.step(
+            buttons, skip, first=first, gray=self.gray, gray_prev=self.prev_gray if pool else None
+        )
+        self.emu.check()
         self.frames += skip * n
 
         rewards = np.zeros(n, np.float32)
@@ -250,8 +251,9 @@ class EmulatorGroup:
                 elif remember:
                     self._remember(i, self.episodes[i])
 
-        self.emu.observation("grayscale", output=self.gray)
-        if cfg.max_pool and skip > 1:
+        for i in np.flatnonzero(moved):
+            self.emu.gray(i, self.gray[i])
+        if pool:
             # Envs that just fast-forwarded show a new scene: pooling with the old frame would smear it.
             if moved.any():
                 idx = np.flatnonzero(~moved)
