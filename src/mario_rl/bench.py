@@ -5,26 +5,29 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import numpy as np
-from nes_py.vector_env import VectorNESEmulator
 
 from .envs import EnvConfig, make_vector_env
 from .envs.actions import action_bytes
-from .envs.snapshots import rom_path, start_snapshot
+from .envs.emulator import make_emulators
 from .envs.stages import parse_stages
 
 
-def _raw_fps(envs: int, workers: int, seconds: float, stage: str, actions: str) -> float:
-    """Emulated frames/s of bare native emulators (no processing), ``workers`` threads."""
+def _raw_fps(
+    envs: int, workers: int, seconds: float, stage: str, actions: str, backend: str
+) -> float:
+    """Emulated frames/s of bare emulators of ``backend`` (no processing, nothing drawn that
+    the backend can skip), ``workers`` threads."""
     sizes = [len(r) for r in np.array_split(np.arange(envs), workers)]
     emus = []
     for n in sizes:
-        emu = VectorNESEmulator(rom_path(), n)
+        emu = make_emulators(backend, n)
         for i in range(n):
-            emu.load_state(i, start_snapshot(stage))
+            emu.load_state(i, emu.start_state(stage))
         emus.append(emu)
     buttons = action_bytes(actions)
     counts = [0] * workers
@@ -35,9 +38,7 @@ def _raw_fps(envs: int, workers: int, seconds: float, stage: str, actions: str) 
         emu, n = emus[k], sizes[k]
         frames = 0
         while time.perf_counter() < stop:
-            a = buttons[rng.integers(len(buttons), size=n)]
-            for _ in range(4):
-                emu.step(a)
+            emu.step(buttons[rng.integers(len(buttons), size=n)], 4)
             frames += 4 * n
         counts[k] = frames
 
@@ -95,34 +96,42 @@ def bench_env(
     seconds: float = 10.0,
     slot: float = 3.0,
 ) -> dict[str, Any]:
-    """Raw native frame rate vs the full pipeline, phases alternated in slots of about
-    ``slot`` seconds so that load changes on a shared machine hit all of them alike.
+    """Raw emulator frame rate vs the full pipeline, and the same pipeline on nes-py (the
+    reference backend), phases alternated in slots of about ``slot`` seconds so that load
+    changes on a shared machine hit all of them alike.
 
-    With more than one worker three more phases run in the same rounds: the pipeline with
-    each worker stepping its own group freely (``grouped_fps``), and the raw emulator and the
-    pipeline with one worker, for the speed-ups. ``raw_speedup`` is the bare emulator's own
-    scaling on the machine: the ceiling for any pipeline's.
+    ``speedup_vs_nes_py`` is the pipeline's frames/s with ``config.emulator`` over the same
+    pipeline's with nes-py, same envs and workers, measured in the same rounds. With more than
+    one worker three more phases run: the pipeline with each worker stepping its own group
+    freely (``grouped_fps``), and the raw emulator and the pipeline with one worker, for the
+    speed-ups. ``raw_speedup`` is the bare emulator's own scaling on the machine: the ceiling
+    for any pipeline's.
     """
     stage = parse_stages(config.stages).stages[0]
-    phases = 5 if workers > 1 else 2
+    reference = config.emulator != "nes-py"
+    ref_config = replace(config, emulator="nes-py")
+    phases = 2 + 3 * (workers > 1) + reference
     rounds = max(1, round(seconds / (phases * slot)))
     t = seconds / (rounds * phases)
     m: dict[str, list[float]] = {
-        k: [] for k in ("raw", "pipe", "steps", "grouped", "gsteps", "raw1", "pipe1")
+        k: [] for k in ("raw", "pipe", "steps", "grouped", "gsteps", "raw1", "pipe1", "ref")
     }
     for _ in range(rounds):
-        m["raw"].append(_raw_fps(envs, workers, t, stage, config.actions))
+        m["raw"].append(_raw_fps(envs, workers, t, stage, config.actions, config.emulator))
         fps, sps = _pipeline(config, envs, workers, t)
         m["pipe"].append(fps)
         m["steps"].append(sps)
+        if reference:
+            m["ref"].append(_pipeline(ref_config, envs, workers, t)[0])
         if workers > 1:
             fps, sps = _pipeline(config, envs, workers, t, grouped=True)
             m["grouped"].append(fps)
             m["gsteps"].append(sps)
-            m["raw1"].append(_raw_fps(envs, 1, t, stage, config.actions))
+            m["raw1"].append(_raw_fps(envs, 1, t, stage, config.actions, config.emulator))
             m["pipe1"].append(_pipeline(config, envs, 1, t)[0])
     mean = {k: float(np.mean(v)) if v else 0.0 for k, v in m.items()}
     out: dict[str, Any] = {
+        "emulator": config.emulator,
         "envs": envs,
         "workers": workers,
         "stages": config.stages,
@@ -133,6 +142,11 @@ def bench_env(
         "seconds": seconds,
         "rounds": rounds,
     }
+    if reference:
+        out |= {
+            "nes_py_pipeline_fps": round(mean["ref"], 1),
+            "speedup_vs_nes_py": round(mean["pipe"] / mean["ref"], 2),
+        }
     if workers > 1:
         out |= {
             "grouped_fps": round(mean["grouped"], 1),

@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from . import cliargs
 from .envs import EnvConfig, RewardConfig
+from .envs.emulator import BACKENDS
 
 PROG = "mario-rl"
 DEFAULT_PPO_PRESET = "cpu-1-1"
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sample", action="store_true", help="sample actions instead of the greedy argmax"
     )
     ev.add_argument("--workers", type=_positive_int("--workers"), default=2, help="env threads")
+    _emulator_arg(ev)
     ev.add_argument(
         "--json", default=None, metavar="FILE|-", help="write the JSON report (- for stdout)"
     )
@@ -338,9 +340,8 @@ def _eval(ns: argparse.Namespace) -> int:
             raise UsageError(f"{flag}: directory {Path(target).parent} does not exist")
     stages = _stage_spec(ns.stages)  # a bad list is refused before any loading
     policy = _load_policy(ns.checkpoint, ns.sample)
-    env_config = policy.env_config
+    env_config = _play_config(ns, policy)
     stages = stages or _stage_spec(env_config.stages)
-    env_config.noop_max = ns.noop_max
     reports = evaluate(policy, env_config, stages, ns.episodes, seed=ns.seed, workers=ns.workers)
     table = summarise(reports)
     runs = game_runs(reports["game"]) if "game" in reports else None
@@ -349,6 +350,7 @@ def _eval(ns: argparse.Namespace) -> int:
         "seed": ns.seed,
         "noop_max": ns.noop_max,
         "greedy": not ns.sample,
+        "emulator": env_config.emulator,
     }
     if runs is not None:
         extra["game"] = {"runs": runs}
@@ -387,6 +389,24 @@ def _load_policy(path: str, sample: bool):
         raise UsageError(str(e)) from None
 
 
+def _emulator_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--emulator",
+        choices=list(BACKENDS),
+        default=None,
+        help="emulator backend (default: the checkpoint's; both give the same play)",
+    )
+
+
+def _play_config(ns: argparse.Namespace, policy) -> EnvConfig:
+    """The env of a checkpoint being played, with the command's no-op starts and emulator."""
+    env_config = policy.env_config
+    env_config.noop_max = ns.noop_max
+    if ns.emulator:
+        env_config.emulator = ns.emulator
+    return env_config
+
+
 def _play_args(p: argparse.ArgumentParser, episodes: int) -> None:
     """Options shared by the commands that play a checkpoint (record, play)."""
     p.add_argument(
@@ -410,6 +430,7 @@ def _play_args(p: argparse.ArgumentParser, episodes: int) -> None:
     p.add_argument(
         "--sample", action="store_true", help="sample actions instead of the greedy argmax"
     )
+    _emulator_arg(p)
     p.add_argument(
         "--fps",
         type=_positive_float("--fps"),
@@ -475,9 +496,8 @@ def _record(ns: argparse.Namespace) -> int:
     stages = _stage_spec(ns.stages)
     out = _out_dir(ns.out)
     policy = _load_policy(ns.checkpoint, ns.sample)
-    env_config = policy.env_config
+    env_config = _play_config(ns, policy)
     stages = stages or _stage_spec(env_config.stages)
-    env_config.noop_max = ns.noop_max
     every = ns.every or (2 if ns.grid else 1)
     clips, palette, reports = record(
         policy,
@@ -549,8 +569,7 @@ def _play(ns: argparse.Namespace) -> int:
     if stage is not None and stage != "game" and len(_stage_list(stage)) != 1:
         raise UsageError(f"--stage takes one stage (1-1 … 8-4) or game, got {ns.stage!r}")
     policy = _load_policy(ns.checkpoint, ns.sample)
-    env_config = policy.env_config
-    env_config.noop_max = ns.noop_max
+    env_config = _play_config(ns, policy)
     if stage is None:
         sel = _stage_spec(env_config.stages)
         stage = "game" if sel == "game" else _stage_list(sel)[0]

@@ -14,6 +14,7 @@ its states are plain ``bytes`` (picklable, checked on load). nes-py stays availa
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable
 from functools import cache
@@ -86,16 +87,20 @@ class Emulators(Protocol):
 
 
 def rom_path() -> str:
-    """Path of the Super Mario Bros ROM shipped inside gym-super-mario-bros."""
+    """Path of the Super Mario Bros ROM: ``$MARIO_RL_ROM`` if set, else the one shipped inside
+    gym-super-mario-bros. Either way it must be that ROM (checked by ``rom_bytes``)."""
     from gym_super_mario_bros._roms import smb1_rom_path
 
-    return smb1_rom_path()
+    return os.environ.get("MARIO_RL_ROM") or smb1_rom_path()
 
 
 @cache
 def rom_bytes() -> bytes:
     """The ROM, checked to be the one the native core supports."""
-    data = Path(rom_path()).read_bytes()
+    path = Path(rom_path())
+    if not path.is_file():
+        raise ValueError(f"ROM file {path} does not exist (set MARIO_RL_ROM to a .nes file)")
+    data = path.read_bytes()
     check_rom(data)
     return data
 

@@ -1,4 +1,4 @@
-"""Emulator snapshots at the start of each stage (and of the whole game), made once per process.
+"""nes-py snapshots at the start of each stage (and of the whole game), made once per process.
 
 gym-super-mario-bros already knows how to skip the title screen and place Mario at a stage's
 start; we let it do that once per stage and keep the resulting native state, which loads into
@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import threading
 
-from gym_super_mario_bros._roms import smb1_rom_path
 from gym_super_mario_bros.smb_env import SuperMarioBrosEnv
 
+from .emulator import rom_path
 from .stages import world_stage
+
+__all__ = ["rom_path", "start_snapshot"]
 
 # Each snapshot refers to memory of the emulator that made it, so that emulator is kept alive.
 _cache: dict[str, tuple[object, SuperMarioBrosEnv]] = {}
 _lock = threading.Lock()
-
-
-def rom_path() -> str:
-    """Path of the Super Mario Bros ROM shipped inside gym-super-mario-bros."""
-    return smb1_rom_path()
 
 
 def start_snapshot(stage: str | None) -> object:

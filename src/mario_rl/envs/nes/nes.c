@@ -224,6 +224,78 @@ static void pixels_quiet(nes *m, int x0, int x1, int y) {
     coarse_x_add(m, increments(m, x0, x1));
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Table lookups over a row of pixels: SSSE3 shuffles where the CPU has them (16 pixels per
+ * instruction), plain C elsewhere. Both give the same bytes.
+ * ------------------------------------------------------------------------------------------ */
+static int have_ssse3;
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+/* dst[i] = table[src[i]] for src values below 16 */
+__attribute__((target("ssse3"))) static void lut16_ssse3(uint8_t *dst, const uint8_t *src,
+                                                         const uint8_t *table, int n) {
+    __m128i t = _mm_loadu_si128((const __m128i *)table);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm_shuffle_epi8(t, _mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = table[src[i] & 15];
+}
+
+/* dst[i] = table[src[i] & 63] */
+__attribute__((target("ssse3"))) static void lut64_ssse3(uint8_t *dst, const uint8_t *src,
+                                                         const uint8_t *table, int n) {
+    __m128i t0 = _mm_loadu_si128((const __m128i *)table);
+    __m128i t1 = _mm_loadu_si128((const __m128i *)(table + 16));
+    __m128i t2 = _mm_loadu_si128((const __m128i *)(table + 32));
+    __m128i t3 = _mm_loadu_si128((const __m128i *)(table + 48));
+    __m128i low = _mm_set1_epi8(0x0F), b4 = _mm_set1_epi8(0x10), b5 = _mm_set1_epi8(0x20);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i s = _mm_loadu_si128((const __m128i *)(src + i));
+        __m128i k = _mm_and_si128(s, low);
+        __m128i in4 = _mm_cmpeq_epi8(_mm_and_si128(s, b4), b4);
+        __m128i in5 = _mm_cmpeq_epi8(_mm_and_si128(s, b5), b5);
+        __m128i a = _mm_or_si128(_mm_and_si128(in4, _mm_shuffle_epi8(t1, k)),
+                                 _mm_andnot_si128(in4, _mm_shuffle_epi8(t0, k)));
+        __m128i b = _mm_or_si128(_mm_and_si128(in4, _mm_shuffle_epi8(t3, k)),
+                                 _mm_andnot_si128(in4, _mm_shuffle_epi8(t2, k)));
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm_or_si128(_mm_and_si128(in5, b), _mm_andnot_si128(in5, a)));
+    }
+    for (; i < n; i++) dst[i] = table[src[i] & 63];
+}
+
+static void detect_cpu(void) {
+    __builtin_cpu_init();
+    have_ssse3 = __builtin_cpu_supports("ssse3");
+}
+#else
+static void detect_cpu(void) { have_ssse3 = 0; }
+#endif
+
+static inline void lut16(uint8_t *dst, const uint8_t *src, const uint8_t *table, int n) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (have_ssse3) {
+        lut16_ssse3(dst, src, table, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) dst[i] = table[src[i] & 15];
+}
+
+static inline void lut64(uint8_t *dst, const uint8_t *src, const uint8_t *table, int n) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (have_ssse3) {
+        lut64_ssse3(dst, src, table, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) dst[i] = table[src[i] & 63];
+}
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "pixels_draw unpacks tile rows with a little-endian byte order"
 #endif
@@ -249,21 +321,22 @@ static void pixels_draw(nes *m, int x0, int x1, int y) {
     uint8_t *bg = (uint8_t *)bgw, *spr = (uint8_t *)sprw, owner[256];
     int fx = m->fine_x;
     if (m->mask & MASK_BG) {
-        unsigned page = (m->ctrl & 0x10) ? 0x1000 : 0;
+        const uint8_t *chr = m->cart->chr + ((m->ctrl & 0x10) ? 0x1000 : 0);
+        unsigned v = m->v;
         int t1 = (x1 + fx) >> 3;
         for (int t = (x0 + fx) >> 3; t <= t1; t++) {
-            unsigned v = m->v;
-            unsigned tile = m->vram[nt_index(m, 0x2000 | (v & 0xFFF))];
-            unsigned addr = (tile * 16 + ((v >> 12) & 7) + page) & 0x1FFF;
-            unsigned lo = m->cart->chr[addr], hi = m->cart->chr[(addr + 8) & 0x1FFF];
-            unsigned at = m->vram[nt_index(m, 0x23C0 | (v & 0xC00) | ((v >> 4) & 0x38) | ((v >> 2) & 7))];
+            const uint8_t *nt = m->vram + m->cart->nt_page[(v >> 10) & 3];
+            unsigned tile = nt[v & 0x3FF];
+            unsigned at = nt[0x3C0 | ((v >> 4) & 0x38) | ((v >> 2) & 7)];
+            const uint8_t *row = chr + tile * 16 + ((v >> 12) & 7);
             unsigned palbits = ((at >> (((v >> 4) & 4) | (v & 2))) & 3) << 2;
             /* the tile row's 8 pixels at once: byte k is pixel k's colour */
-            uint64_t px = spread[lo] | (spread[hi] << 1);
+            uint64_t px = spread[row[0]] | (spread[row[8]] << 1);
             bgw[t] = px | (((px | (px >> 1)) & 0x0101010101010101ULL) * palbits);
             /* the increment happens after the tile's last pixel, if the span reaches it */
-            if (t * 8 + 7 - fx <= x1) coarse_x_add(m, 1);
+            if (t * 8 + 7 - fx <= x1) v = (v & 0x1F) == 31 ? (v & ~0x1Fu) ^ 0x400 : v + 1;
         }
+        m->v = (uint16_t)v;
         if (!(m->mask & MASK_BG_LEFT))
             for (int x = x0; x <= x1 && x < 8; x++) bg[x + fx] = 0;
     }
@@ -314,18 +387,7 @@ static void pixels_draw(nes *m, int x0, int x1, int y) {
     }
     const uint8_t *b = bg + fx;
     if (!sprites) {
-        int x = x0;
-        for (; x + 7 <= x1; x += 8) {
-            row[x] = colour[b[x]];
-            row[x + 1] = colour[b[x + 1]];
-            row[x + 2] = colour[b[x + 2]];
-            row[x + 3] = colour[b[x + 3]];
-            row[x + 4] = colour[b[x + 4]];
-            row[x + 5] = colour[b[x + 5]];
-            row[x + 6] = colour[b[x + 6]];
-            row[x + 7] = colour[b[x + 7]];
-        }
-        for (; x <= x1; x++) row[x] = colour[b[x]];
+        lut16(row + x0, b + x0, colour, x1 - x0 + 1); /* background addresses are below 16 */
         return;
     }
     int hit_possible = !m->s0;
@@ -991,9 +1053,7 @@ static void nes_tables_init(void) {
     }
 }
 
-void nes_screen_gray(const nes *m, uint8_t *out) {
-    for (int i = 0; i < NES_SCREEN_SIZE; i++) out[i] = gray_lut[m->screen[i]];
-}
+void nes_screen_gray(const nes *m, uint8_t *out) { lut64(out, m->screen, gray_lut, NES_SCREEN_SIZE); }
 
 void nes_screen_rgb(const nes *m, uint8_t *out) {
     for (int i = 0; i < NES_SCREEN_SIZE; i++) {
@@ -1127,6 +1187,7 @@ const char *nes_snapshot_load(nes *m, const uint8_t *data, size_t len) {
 }
 
 void nes_init(void) {
+    detect_cpu();
     spread_init();
     nes_tables_init();
     crc_init();
