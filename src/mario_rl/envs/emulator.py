@@ -195,8 +195,8 @@ class NativeEmulators:
             if s["faults"] != self._faults[i]:
                 self._faults[i] = s["faults"]
                 raise EmulatorError(
-                    f"emulator {i} executed an unknown opcode ${s['fault_op']:02X} at "
-                    f"${s['fault_pc']:04X}: its game state is corrupt (restart the episode)"
+                    f"emulator {i} ran into an unknown opcode (the first: ${s['fault_op']:02X} at "
+                    f"${s['fault_pc']:04X}): its game state is corrupt (restart the episode)"
                 )
 
     def close(self) -> None:

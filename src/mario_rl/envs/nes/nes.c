@@ -950,9 +950,10 @@ static void execute(nes *m) {
     unknown:
         /* nes-py prints a message and moves on: one byte, one cycle, no halt. */
         m->pc = (uint16_t)(pc0 + 1);
-        m->faults++;
-        m->fault_pc = pc0;
-        m->fault_op = op;
+        if (!m->faults++) { /* keep the first: what follows is the wreck it leaves */
+            m->fault_pc = pc0;
+            m->fault_op = op;
+        }
         m->next = start + 1;
         m->zero_entry = 1;
         return;
