@@ -398,7 +398,10 @@ static PyTypeObject MachinesType = {
 };
 
 static struct PyModuleDef core_module = {
-    PyModuleDef_HEAD_INIT, "_core", "The native Super Mario Bros emulator core.", -1, NULL,
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "_core",
+    .m_doc = "The native Super Mario Bros emulator core.",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__core(void) {
