@@ -11,6 +11,8 @@ Keyword arguments of ``gymnasium.make`` are ``EnvConfig`` fields (``actions="com
 ``frame_skip=2``, ``reward={"flag": 0}``…), or ``config=EnvConfig(...)`` as a base they override,
 plus ``render_mode`` and ``seed`` (the stream a ``reset()`` without a seed starts from). No
 ``TimeLimit`` is added: the env truncates episodes itself (``max_steps``, ``stall_steps``).
+The fixed ids carry their selection as the entry point's ``id_stages`` argument (so a spec
+rebuilds its env), which refuses a ``stages=`` that would contradict the id.
 ``gymnasium.make_vec(id, num_envs=n)`` builds the project's own ``MarioVectorEnv`` (threaded
 emulator groups, ``workers=``) rather than ``n`` copies in a ``SyncVectorEnv``.
 """
