@@ -15,6 +15,7 @@ from gymnasium import spaces
 from .actions import action_meanings
 from .config import EnvConfig
 from .core import EmulatorGroup
+from .rules import Episode
 from .stages import STAGES
 
 
@@ -26,6 +27,11 @@ class MarioEnv(gym.Env):
     def __init__(
         self, config: EnvConfig | None = None, seed: int = 0, render_mode: str | None = None
     ):
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(
+                f"render_mode must be None or one of {self.metadata['render_modes']}, "
+                f"got {render_mode!r}"
+            )
         self.config = config or EnvConfig()
         self.render_mode = render_mode
         self._seed = seed
@@ -61,11 +67,18 @@ class MarioEnv(gym.Env):
         return obs, self._info()
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """One agent step; after the episode ends, call reset()."""
+        """One agent step; after the episode ends, call reset().
+
+        On the step that ends an episode the info describes the state that ended it (its
+        ``x_pos``, ``flag_get``, ``lives``, stage…), as gym-super-mario-bros reports it; the next
+        episode's start is what the following ``reset()`` returns."""
         if self._pending is not None:
             raise RuntimeError("episode has ended; call reset()")
+        # The group auto-resets a finished env within step() and replaces its Episode, so the
+        # one being played is taken now: the rules update it up to the step that ends it.
+        episode = self.group.episodes[0]
         res = self.group.step(np.array([action]))
-        info = self._info()
+        info = self._info(episode)
         info["reward_components"] = {k: float(v[0]) for k, v in res.components.items()}
         obs = res.obs[0]
         if 0 in res.final_obs:
@@ -97,8 +110,10 @@ class MarioEnv(gym.Env):
         """Emulated frames so far."""
         return self.group.frames
 
-    def _info(self) -> dict[str, Any]:
-        ep = self.group.episodes[0]
+    def _info(self, ep: Episode | None = None) -> dict[str, Any]:
+        """What the game shows of episode ``ep`` (default: the current one)."""
+        if ep is None:
+            ep = self.group.episodes[0]
         return {
             "x_pos": ep.x,
             "y_pos": ep.y,
