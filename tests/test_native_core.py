@@ -272,3 +272,13 @@ def test_eval_prints_the_same_table_on_both_backends(capsys):
         tables.append(capsys.readouterr().out)
     assert tables[0] == tables[1]
     assert "1-1" in tables[0]
+
+
+def test_actions_out_of_range_are_refused_in_one_line():
+    env = make_vector_env(EnvConfig(), num_envs=2)
+    env.reset(seed=0)
+    for bad in ([0, 7], [-1, 0]):
+        with pytest.raises(ValueError, match=r"0\.\.6") as e:
+            env.step(np.array(bad))
+        assert "\n" not in str(e.value)
+    env.close()

@@ -216,7 +216,13 @@ class EmulatorGroup:
     def step(self, actions: np.ndarray) -> StepResult:
         """One agent step of every env: repeat each action for frame_skip frames, apply rules."""
         n, cfg = self.n, self.cfg
-        buttons = self.action_map[np.asarray(actions, dtype=np.int64)]
+        actions = np.asarray(actions)
+        if actions.size and not (0 <= actions.min() and actions.max() < len(self.action_map)):
+            raise ValueError(
+                f"actions must be integers in 0..{len(self.action_map) - 1} "
+                f"({self.cfg.actions} action set), got {actions.tolist()}"
+            )
+        buttons = self.action_map[actions.astype(np.int64)]
         first = self._repress(buttons) if cfg.jump_repress else buttons
         skip = cfg.frame_skip
         pool = cfg.max_pool and skip > 1
