@@ -217,7 +217,7 @@ class EmulatorGroup:
         """One agent step of every env: repeat each action for frame_skip frames, apply rules."""
         n, cfg = self.n, self.cfg
         actions = np.asarray(actions)
-        if actions.size and not (0 <= actions.min() and actions.max() < len(self.action_map)):
+        if actions.size and not (actions.min() >= 0 and actions.max() < len(self.action_map)):
             raise ValueError(
                 f"actions must be integers in 0..{len(self.action_map) - 1} "
                 f"({self.cfg.actions} action set), got {actions.tolist()}"
