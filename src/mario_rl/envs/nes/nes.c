@@ -321,22 +321,30 @@ static void pixels_draw(nes *m, int x0, int x1, int y) {
     uint8_t *bg = (uint8_t *)bgw, *spr = (uint8_t *)sprw, owner[256];
     int fx = m->fine_x;
     if (m->mask & MASK_BG) {
-        const uint8_t *chr = m->cart->chr + ((m->ctrl & 0x10) ? 0x1000 : 0);
+        const uint8_t *chr = m->cart->chr + ((m->ctrl & 0x10) ? 0x1000 : 0) + ((m->v >> 12) & 7);
+        int t0 = (x0 + fx) >> 3, t1 = (x1 + fx) >> 3;
         unsigned v = m->v;
-        int t1 = (x1 + fx) >> 3;
-        for (int t = (x0 + fx) >> 3; t <= t1; t++) {
+        /* v's coarse X walks along one row of tile names (and of attribute bytes), wrapping
+         * into the neighbouring nametable after column 31. */
+        for (int t = t0; t <= t1;) {
             const uint8_t *nt = m->vram + m->cart->nt_page[(v >> 10) & 3];
-            unsigned tile = nt[v & 0x3FF];
-            unsigned at = nt[0x3C0 | ((v >> 4) & 0x38) | ((v >> 2) & 7)];
-            const uint8_t *row = chr + tile * 16 + ((v >> 12) & 7);
-            unsigned palbits = ((at >> (((v >> 4) & 4) | (v & 2))) & 3) << 2;
-            /* the tile row's 8 pixels at once: byte k is pixel k's colour */
-            uint64_t px = spread[row[0]] | (spread[row[8]] << 1);
-            bgw[t] = px | (((px | (px >> 1)) & 0x0101010101010101ULL) * palbits);
-            /* the increment happens after the tile's last pixel, if the span reaches it */
-            if (t * 8 + 7 - fx <= x1) v = (v & 0x1F) == 31 ? (v & ~0x1Fu) ^ 0x400 : v + 1;
+            const uint8_t *names = nt + (v & 0x3E0);
+            const uint8_t *attrs = nt + 0x3C0 + ((v >> 4) & 0x38);
+            unsigned yshift = (v >> 4) & 4;
+            unsigned cx = v & 0x1F;
+            int n = 32 - (int)cx;
+            if (n > t1 - t + 1) n = t1 - t + 1;
+            for (int j = 0; j < n; j++, cx++, t++) {
+                const uint8_t *row = chr + names[cx] * 16;
+                unsigned palbits = ((attrs[cx >> 2] >> (yshift | (cx & 2))) & 3) << 2;
+                /* the tile row's 8 pixels at once: byte k is pixel k's colour */
+                uint64_t px = spread[row[0]] | (spread[row[8]] << 1);
+                bgw[t] = px | (((px | (px >> 1)) & 0x0101010101010101ULL) * palbits);
+            }
+            v = (v & ~0x1Fu) ^ 0x400; /* column 0 of the next nametable, if the span goes on */
         }
-        m->v = (uint16_t)v;
+        /* each tile's increment comes after its last pixel: the span may stop before it */
+        coarse_x_add(m, (unsigned)(t1 - t0 + 1) - (t1 * 8 + 7 - fx > x1));
         if (!(m->mask & MASK_BG_LEFT))
             for (int x = x0; x <= x1 && x < 8; x++) bg[x + fx] = 0;
     }
