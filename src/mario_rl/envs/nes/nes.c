@@ -348,12 +348,21 @@ static void pixels_draw(nes *m, int x0, int x1, int y) {
         if (!(m->mask & MASK_BG_LEFT))
             for (int x = x0; x <= x1 && x < 8; x++) bg[x + fx] = 0;
     }
-    int sprites = (m->mask & MASK_SPR) && m->list_n;
-    if (sprites) {
-        memset(spr + x0, 0, (size_t)(x1 - x0 + 1));
+    /* Sprites: only the pixels they cover (lo..hi) are looked at again after the background. */
+    int lo_x = 256, hi_x = -1;
+    if ((m->mask & MASK_SPR) && m->list_n) {
         int len = (m->ctrl & 0x20) ? 16 : 8;
         int left = (m->mask & MASK_SPR_LEFT) ? 0 : 8;
         for (int k = 0; k < m->list_n; k++) {
+            int sx = m->oam[(m->list[k] & 63) * 4 + 3];
+            int a = sx > x0 ? sx : x0, b = sx + 7 < x1 ? sx + 7 : x1;
+            if (a < left) a = left;
+            if (a > b) continue;
+            lo_x = a < lo_x ? a : lo_x;
+            hi_x = b > hi_x ? b : hi_x;
+        }
+        if (lo_x <= hi_x) memset(spr + lo_x, 0, (size_t)(hi_x - lo_x + 1));
+        for (int k = 0; k < m->list_n && lo_x <= hi_x; k++) {
             unsigned i = m->list[k] & 63;
             int sx = m->oam[i * 4 + 3];
             int a = sx > x0 ? sx : x0, b = sx + 7 < x1 ? sx + 7 : x1;
@@ -370,14 +379,14 @@ static void pixels_draw(nes *m, int x0, int x1, int y) {
                 yo = (yo & 7) | ((yo & 8) << 1);
                 addr = ((int)(tile >> 1) * 32 + yo) | (int)((tile & 1) << 12);
             }
-            unsigned lo = ppu_bus_read(m, (unsigned)addr & 0xFFFF);
-            unsigned hi = ppu_bus_read(m, (unsigned)(addr + 8) & 0xFFFF);
+            unsigned plo = ppu_bus_read(m, (unsigned)addr & 0xFFFF);
+            unsigned phi = ppu_bus_read(m, (unsigned)(addr + 8) & 0xFFFF);
             uint8_t flags = (uint8_t)(0x10 | ((attr & 3) << 2) | ((attr & 0x20) ? 0 : 0x80));
             for (int x = a; x <= b; x++) {
                 if (spr[x]) continue;
                 int xs = (x - sx) & 7;
                 if (!(attr & 0x40)) xs ^= 7;
-                unsigned c = ((lo >> xs) & 1) | (((hi >> xs) & 1) << 1);
+                unsigned c = ((plo >> xs) & 1) | (((phi >> xs) & 1) << 1);
                 if (!c) continue;
                 spr[x] = (uint8_t)(flags | c);
                 owner[x] = (uint8_t)i;
@@ -386,29 +395,20 @@ static void pixels_draw(nes *m, int x0, int x1, int y) {
     }
     uint8_t *row = m->screen + y * NES_SCREEN_W;
     const uint8_t *colour = m->colour;
-    if (!(m->mask & MASK_BG)) {
-        for (int x = x0; x <= x1; x++) {
-            unsigned s = sprites ? spr[x] : 0;
-            row[x] = colour[s & 0x1F];
-        }
-        return;
-    }
+    int bg_on = (m->mask & MASK_BG) != 0;
     const uint8_t *b = bg + fx;
-    if (!sprites) {
-        lut16(row + x0, b + x0, colour, x1 - x0 + 1); /* background addresses are below 16 */
-        return;
-    }
-    int hit_possible = !m->s0;
-    for (int x = x0; x <= x1; x++) {
-        unsigned s = spr[x], c = b[x];
-        if (s) {
-            if (hit_possible && c && owner[x] == 0) {
-                m->s0 = 1;
-                hit_possible = 0;
-            }
-            if (!c || (s & 0x80)) c = s & 0x1F;
+    if (bg_on) lut16(row + x0, b + x0, colour, x1 - x0 + 1); /* background addresses are < 16 */
+    else memset(row + x0, colour[0], (size_t)(x1 - x0 + 1));
+    int hit_possible = bg_on && !m->s0;
+    for (int x = lo_x; x <= hi_x; x++) {
+        unsigned s = spr[x];
+        if (!s) continue;
+        unsigned c = bg_on ? b[x] : 0;
+        if (hit_possible && c && owner[x] == 0) {
+            m->s0 = 1;
+            hit_possible = 0;
         }
-        row[x] = colour[c];
+        if (!c || (s & 0x80)) row[x] = colour[s & 0x1F];
     }
 }
 
