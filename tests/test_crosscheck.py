@@ -103,3 +103,24 @@ def test_cli_runs_a_stage_and_writes_json(tmp_path, capsys) -> None:
     ]
     table = capsys.readouterr().out
     assert "random-8-3" in table and "1/1 scenarios equal" in table
+
+
+def test_a_gray_difference_names_the_pixel() -> None:
+    a = np.zeros((240, 256), np.uint8)
+    b = a.copy()
+    b[239, 255] = 7
+    assert cc.screen_difference(a, b, "gray") == (
+        "gray screen pixel (y=239, x=255) native=0 nes-py=7 (1 pixels differ)"
+    )
+
+
+def test_loop_check_wants_four_pages_back_in_play() -> None:
+    h = _history(4)
+    h[:, cc.MODE_TASK] = 3
+    h[:, cc.X_PAGE] = [4, 5, 1, 2]
+    assert cc.looped(h) is None
+    h[2, cc.PLAYER_STATE] = 0x06  # dead: a respawn, not a loop
+    assert cc.looped(h) == "the castle never looped Mario back four pages"
+    h[2, cc.PLAYER_STATE] = cc.PLAYING
+    h[:, cc.X_PAGE] = [4, 5, 2, 3]  # three pages back
+    assert cc.looped(h) is not None

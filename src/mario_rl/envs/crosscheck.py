@@ -41,6 +41,7 @@ LIVES, STAGE, WORLD, AREA = 0x75A, 0x75C, 0x75F, 0x760
 GAME_MODE, MODE_TASK = 0x770, 0x772
 TIME_DIGITS = 0x7F8
 STAR_TIMER = 0x79F
+Y_SPEED, Y_SUBPIXEL_FORCE = 0x9F, 0x433
 X_SPEED = 0x57
 # $0E, the player's routine: 2 side pipe, 3 down pipe, 4 flagpole, 8 playing, $0B dying.
 SIDE_PIPE, DOWN_PIPE, FLAGPOLE, PLAYING, DYING = 0x02, 0x03, 0x04, 0x08, 0x0B
@@ -105,7 +106,7 @@ class Result:
     frames: int
     """Frames emulated (RAM compared after each, and at the start)."""
     screens: int
-    """Frames whose full-colour screens were compared (the start's included)."""
+    """Frames whose screens were compared, full-colour and gray (the start's included)."""
     divergence: str | None
     """The first difference between the machines, one line; None if none."""
     event: str | None
@@ -137,15 +138,23 @@ def ram_difference(native: np.ndarray, reference: np.ndarray) -> str | None:
     )
 
 
-def screen_difference(native: np.ndarray, reference: np.ndarray) -> str | None:
-    """The first differing pixel (row-major) of two (240, 256, 3) screens with both colours."""
+def screen_difference(native: np.ndarray, reference: np.ndarray, kind: str = "") -> str | None:
+    """The first differing pixel (row-major) of two screens, (240, 256, 3) full-colour or
+    (240, 256) gray, with both values; None if equal."""
     if np.array_equal(native, reference):
         return None
-    bad = np.any(native != reference, axis=2)
+    bad = native != reference
+    if bad.ndim == 3:
+        bad = bad.any(axis=2)
     y, x = (int(v) for v in np.argwhere(bad)[0])
+
+    def value(a: np.ndarray) -> object:
+        return tuple(int(v) for v in a[y, x]) if a.ndim == 3 else int(a[y, x])
+
+    name = f"{kind} screen" if kind else "screen"
     return (
-        f"screen pixel (y={y}, x={x}) native={tuple(int(v) for v in native[y, x])} "
-        f"nes-py={tuple(int(v) for v in reference[y, x])} ({int(bad.sum())} pixels differ)"
+        f"{name} pixel (y={y}, x={x}) native={value(native)} nes-py={value(reference)} "
+        f"({int(bad.sum())} pixels differ)"
     )
 
 
@@ -178,6 +187,7 @@ def crosscheck(
     ref_ram = ref.ram_buffer()
     ref_screen = np.empty((240, 256, 3), np.uint8)
     screen = np.empty((240, 256, 3), np.uint8)
+    gray, ref_gray = np.empty((240, 256), np.uint8), np.empty((240, 256), np.uint8)
     core.load(0, native_start_state(scenario.stage))
     ref.load_state(start_snapshot(scenario.stage))
 
@@ -195,7 +205,11 @@ def crosscheck(
     def screens_differ() -> str | None:
         core.screen(0, screen, "rgb")
         ref.copy_screen_rgb(ref_screen)
-        return screen_difference(screen, ref_screen)
+        if d := screen_difference(screen, ref_screen):
+            return d
+        core.screen(0, gray, "gray")
+        ref.copy_screen_grayscale(ref_gray)
+        return screen_difference(gray, ref_gray, "gray")
 
     if d := ram_difference(ram, ref_ram):
         return diverged(0, d)
@@ -499,6 +513,55 @@ def game_flag(game: Game) -> Iterator[Item]:
     yield from hold(RIGHT, 60)
 
 
+def castle_loop(game: Game) -> Iterator[Item]:
+    """Run right through a castle with pokes for invincibility (star), lives and lava (Mario
+    held at floor level over it, lifted over the wall he is stuck against), jumping when
+    blocked: the path along the bottom is a wrong one, so the castle loops Mario back four
+    pages. Ends 120 frames after the first loop."""
+    last, stuck, jump, lifts, after = game.x, 0, 0, 0, -1
+    for _ in range(4000):
+        if after == 0:
+            return
+        yield {STAR_TIMER: 0x20, LIVES: 2}
+        prev_page = game[X_PAGE]
+        if game[Y_PAGE] > 1 or (game[Y_PAGE] == 1 and game[Y_PIXEL] > 184):
+            yield {Y_PAGE: 1, Y_PIXEL: 176, Y_SPEED: 0, Y_SUBPIXEL_FORCE: 0}
+        if jump:
+            jump -= 1
+            b = RIGHT | A | B
+        else:
+            stuck = stuck + 1 if game.x <= last else 0
+            last = max(last, game.x) if stuck else game.x
+            b = RIGHT | B
+            if stuck >= 3 and game[FLOAT_STATE] == 2 and game[Y_PIXEL] >= 170:
+                lifts += 1
+                yield {Y_PIXEL: (96, 64, 128, 32)[lifts % 4], Y_SPEED: 0, Y_SUBPIXEL_FORCE: 0}
+                stuck = 0
+            elif stuck >= 3 and game[FLOAT_STATE] == 0:
+                jump, stuck, b = 32, 0, RIGHT
+        yield b
+        if after > 0:
+            after -= 1
+        elif (prev_page - game[X_PAGE]) % 256 == 4:
+            after = 120
+
+
+def looped(h: np.ndarray) -> str | None:
+    """The castle sent Mario back exactly four pages while he was playing (no death, same
+    stage and area)."""
+    page = h[:, X_PAGE].astype(int)
+    back = np.flatnonzero((page[:-1] - page[1:]) % 256 == 4) + 1
+    for t in back:
+        a, b = h[t - 1], h[t]
+        if (
+            a[PLAYER_STATE] == b[PLAYER_STATE] == PLAYING
+            and a[MODE_TASK] == b[MODE_TASK] == 3
+            and (a[WORLD], a[STAGE], a[AREA]) == (b[WORLD], b[STAGE], b[AREA])
+        ):
+            return None
+    return "the castle never looped Mario back four pages"
+
+
 def went_through_pipes(h: np.ndarray) -> str | None:
     """Down a pipe into the bonus room (area type 2) and out by a side pipe to 1-1's end."""
     state, area = h[:, PLAYER_STATE], h[:, AREA_TYPE]
@@ -610,6 +673,17 @@ def scenarios(frames_per_stage: int = 2000) -> list[Scenario]:
             check=warped_to(5),
             frames=700,
             proves="4-2's end warp zone: the pipe to 5-1",
+        ),
+        *(
+            Scenario(
+                f"loop-{stage}",
+                stage,
+                castle_loop,
+                check=looped,
+                frames=900,
+                proves=f"{stage}'s castle loop: the wrong (bottom) path sends Mario back",
+            )
+            for stage in ("4-4", "7-4", "8-4")
         ),
         Scenario(
             "flag-game",
