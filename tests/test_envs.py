@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from nes_py.vector_env import VectorNESEmulator
 
 from mario_rl.envs import (
     STAGES,
@@ -16,7 +15,7 @@ from mario_rl.envs import (
     parse_stages,
 )
 from mario_rl.envs.actions import action_bytes
-from mario_rl.envs.snapshots import rom_path
+from mario_rl.envs.emulator import make_emulators
 
 RIGHT = 1  # 'right' in every action set
 
@@ -189,13 +188,14 @@ def test_single_env_matches_vector_env_over_episode_ends():
     senv.close()
 
 
-def test_observation_is_the_resized_max_of_each_steps_last_two_frames():
+@pytest.mark.parametrize("emulator", ["native", "nes-py"])
+def test_observation_is_the_resized_max_of_each_steps_last_two_frames(emulator):
     """Replays the same buttons on bare emulators started from the env's own states: each new
     frame of the stack must be resize(max(gray(frame k-1), gray(frame k)))."""
-    cfg = EnvConfig(noop_max=0, jump_repress=False)
+    cfg = EnvConfig(noop_max=0, jump_repress=False, emulator=emulator)
     env = make_vector_env(cfg, num_envs=3, workers=2, seed=0)
     env.reset(seed=0)
-    bare = VectorNESEmulator(rom_path(), 3)
+    bare = make_emulators(emulator, 3)
     for i in range(3):
         g, j = env._locate(i)
         bare.load_state(i, g.emu.dump_state(j))
@@ -206,11 +206,7 @@ def test_observation_is_the_resized_max_of_each_steps_last_two_frames():
         a = np.array([RIGHT, *rng.integers(0, 7, 2)])
         obs, _, term, trunc, _ = env.step(a)
         assert not (term | trunc).any()  # no reset or cut-scene within these steps
-        for k in range(cfg.frame_skip):
-            bare.step(buttons[a])
-            if k == cfg.frame_skip - 2:
-                bare.observation("grayscale", output=prev)
-        bare.observation("grayscale", output=last)
+        bare.step(buttons[a], cfg.frame_skip, gray=last, gray_prev=prev)
         for i in range(3):
             want = cv2.resize(
                 np.maximum(prev[i], last[i]), (84, 84), interpolation=cv2.INTER_LINEAR
