@@ -51,7 +51,7 @@ def test_a_one_sided_poke_is_reported_with_frame_and_address() -> None:
     r = cc.crosscheck(SCENARIOS["random-1-1"], frames=300, tamper={100: {cc.LIVES: 9}})
     assert not r.ok and r.frames == 100
     assert r.divergence == (
-        "random-1-1 [1-1] frame 100: RAM $075A native=$09 nes-py=$02 (1 byte differ)"
+        "random-1-1 [1-1] frame 100: RAM $075A native=$09 nes-py=$02 (1 of 2048 bytes differ)"
     )
     assert r.line() == r.divergence
 
@@ -63,7 +63,7 @@ def test_a_screen_difference_names_the_pixel() -> None:
     b[17, 200] = (1, 2, 3)
     b[30, 5, 0] = 9
     assert cc.screen_difference(a, b) == (
-        "screen pixel (y=17, x=200) native=(0, 0, 0) nes-py=(1, 2, 3) (2 pixels differ)"
+        "screen pixel (y=17, x=200) native=(0, 0, 0) nes-py=(1, 2, 3) (2 of 61440 pixels differ)"
     )
 
 
@@ -110,7 +110,7 @@ def test_a_gray_difference_names_the_pixel() -> None:
     b = a.copy()
     b[239, 255] = 7
     assert cc.screen_difference(a, b, "gray") == (
-        "gray screen pixel (y=239, x=255) native=0 nes-py=7 (1 pixels differ)"
+        "gray screen pixel (y=239, x=255) native=0 nes-py=7 (1 of 61440 pixels differ)"
     )
 
 

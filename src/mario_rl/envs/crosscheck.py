@@ -127,14 +127,15 @@ class Result:
 
 # -- comparison -------------------------------------------------------------------------------
 def ram_difference(native: np.ndarray, reference: np.ndarray) -> str | None:
-    """'first differing address with both values' of two RAMs, or None if equal."""
+    """The first differing address of two RAMs with both values (and how many differ), or
+    None if equal."""
     if np.array_equal(native, reference):
         return None
     diff = np.flatnonzero(native != reference)
     a = int(diff[0])
     return (
         f"RAM ${a:04X} native=${int(native[a]):02X} nes-py=${int(reference[a]):02X} "
-        f"({len(diff)} byte{'s' * (len(diff) > 1)} differ)"
+        f"({len(diff)} of {len(native)} bytes differ)"
     )
 
 
@@ -154,7 +155,7 @@ def screen_difference(native: np.ndarray, reference: np.ndarray, kind: str = "")
     name = f"{kind} screen" if kind else "screen"
     return (
         f"{name} pixel (y={y}, x={x}) native={value(native)} nes-py={value(reference)} "
-        f"({int(bad.sum())} pixels differ)"
+        f"({int(bad.sum())} of {bad.size} pixels differ)"
     )
 
 
@@ -585,22 +586,24 @@ def warped_to(world: int) -> Check:
 
     def check(h: np.ndarray) -> str | None:
         w0 = int(h[0, WORLD])
-        if (h[:, FLOAT_STATE] == 3).any():
-            return "a flagpole was touched (not a warp)"
         after = np.flatnonzero((h[:, WORLD] == world - 1) & (h[:, STAGE] == 0))
         if not len(after):
             return f"world {w0 + 1} never became {world}-1"
+        if (h[: after[0], FLOAT_STATE] == 3).any():
+            return "a flagpole was touched on the way (not a warp)"
         if not (h[: after[0] + 1, PLAYER_STATE] == DOWN_PIPE).any():
             return f"world {world} reached, but not down a pipe"
-        if not (h[after[0] :, GAME_MODE] == 1).all() or not _playing(h[-1]):
-            return f"{world}-1 did not load into play"
+        there = h[after[0] :]
+        if not ((there[:, WORLD] == world - 1) & _in_play(there)).any():
+            return f"{world}-1 was never played"
         return None
 
     return check
 
 
-def _playing(row: np.ndarray) -> bool:
-    return row[MODE_TASK] == 3 and row[GAME_MODE] == 1
+def _in_play(h: np.ndarray) -> np.ndarray:
+    """Per frame: in the game proper with Mario under control."""
+    return (h[:, MODE_TASK] == 3) & (h[:, GAME_MODE] == 1) & (h[:, PLAYER_STATE] == PLAYING)
 
 
 def next_stage_after_flag(h: np.ndarray) -> str | None:
