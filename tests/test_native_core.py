@@ -229,6 +229,10 @@ def test_an_unknown_opcode_is_reported_and_never_hangs():
         emu.check()
     assert "\n" not in str(e.value)
     emu.check()  # reported once
+    # A clean start loaded over the wrecked machine is not reported, though its count drops.
+    emu.load_state(1, native_start_state("1-1"))
+    emu.step(np.zeros(2, np.uint8), 4)
+    emu.check()
 
 
 # -- the env on both backends ----------------------------------------------------------------

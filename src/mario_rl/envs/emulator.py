@@ -183,6 +183,8 @@ class NativeEmulators:
                 f"a native-core state is bytes (from dump_state), got {type(state).__name__}"
             )
         self._core.load(i, state)
+        # A loaded state brings its own count of unknown opcodes: only new ones are reported.
+        self._faults[i] = self._core.status(i)["faults"]
 
     def start_state(self, stage: str | None) -> bytes:
         return native_start_state(stage)
@@ -192,8 +194,9 @@ class NativeEmulators:
             return
         for i in range(self.n):
             s = self._core.status(i)
-            if s["faults"] != self._faults[i]:
-                self._faults[i] = s["faults"]
+            new = s["faults"] > self._faults[i]
+            self._faults[i] = s["faults"]
+            if new:
                 raise EmulatorError(
                     f"emulator {i} ran into an unknown opcode (the first: ${s['fault_op']:02X} at "
                     f"${s['fault_pc']:04X}): its game state is corrupt (restart the episode)"
