@@ -35,10 +35,10 @@ from mario_rl.algos.a3g import (
     untrained_stages,
 )
 from mario_rl.algos.shared_optim import SharedAdam, SharedRMSprop, make_optimizer, state_is_shared
-from mario_rl.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.cli import main
 from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs import STAGES, EnvConfig, MarioVectorEnv, parse_stages
+from mario_rl.io.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.models import ActorCritic, ModelSpec
 
 TINY_SPEC = ModelSpec("small", (1, 36, 36), 3, recurrent=True, hidden_size=16)

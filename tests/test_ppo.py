@@ -22,8 +22,8 @@ from mario_rl.algos.common import (
     linear_schedule,
 )
 from mario_rl.algos.ppo import PPO, measure_learn_speed, ppo_losses
-from mario_rl.checkpoint import load_optimizer_state, optimizer_state_tensors
 from mario_rl.config.ppo import PPOConfig
+from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 
 
 def tiny(algo: str = "ppo", **kw) -> PPOConfig:

@@ -26,15 +26,16 @@ import pytest
 import torch
 
 from checkpoints import fresh_checkpoint
-from mario_rl import checkpoint as ckpt_mod
 from mario_rl.algos.a3g import A3G
 from mario_rl.algos.ppo import PPO
-from mario_rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mario_rl.cli import main
 from mario_rl.config import RunConfig
 from mario_rl.config.a3g import A3GConfig
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.envs import EnvConfig, action_meanings
+from mario_rl.io.checkpoint import load_checkpoint, save_checkpoint
+from mario_rl.run import checkpoints as ckpt_mod
+from mario_rl.run.checkpoints import latest_checkpoint
 from mario_rl.training import A3GJob, TrainJob
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -565,16 +566,16 @@ _SAVER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from mario_rl import checkpoint
+    from mario_rl.io import files
     from mario_rl.algos.ppo import PPO
     from mario_rl.config.ppo import PPOConfig
-    from mario_rl.runner import CheckpointSchedule
+    from mario_rl.run.checkpoints import CheckpointSchedule
 
     run, target = Path(sys.argv[1]), sys.argv[2]
     cfg = PPOConfig(num_envs=2, rollout_steps=16, minibatch_size=16)
     ppo = PPO(cfg, obs_shape=(4, 84, 84), n_actions=7)
     schedule = CheckpointSchedule(run / "checkpoints", every=1, keep=2)
-    real_write = checkpoint._write_file_synced
+    real_write = files.write_file_synced
     saved = 0
 
     def write(path, data):
@@ -586,7 +587,7 @@ _SAVER = textwrap.dedent(
             time.sleep(600)
         real_write(path, data)
 
-    checkpoint._write_file_synced = write
+    files.write_file_synced = write
     for step in (1, 2, 3, 4):
         ppo.global_step = step
         with __import__("torch").no_grad():

@@ -375,8 +375,8 @@ def _load_policy(path: str, sample: bool):
     """The checkpoint's policy, or a one-line UsageError saying why it cannot be used."""
     import torch
 
-    from .checkpoint import CheckpointError
     from .evaluation.policy import load_policy
+    from .io.checkpoint import CheckpointError
 
     # Batched inference of a few frames: one torch thread beats OpenMP threads that wait on
     # cores the emulator threads (or a training run) keep busy.
@@ -508,7 +508,7 @@ def _record(ns: argparse.Namespace) -> int:
 
 def _plot(ns: argparse.Namespace) -> int:
     from .evaluation.plots import success_map, training_curves
-    from .runner import read_metrics
+    from .run.logger import read_metrics
 
     src = Path(ns.source)
     hint = "pass a run directory (holding metrics.jsonl) or an eval JSON (mario-rl eval --json)"

@@ -281,7 +281,7 @@ NOTHING: Any = _Nothing()
 def follower_session() -> Iterator[tuple[Any, Any, Any, Any]]:
     """What a rank other than 0 trains inside: no logger, display or evaluations, but a signal
     guard of its own (torchrun passes a stop on to every rank as SIGTERM)."""
-    from .runner import SignalGuard
+    from .run.guards import SignalGuard
 
     with SignalGuard(quiet=True) as guard:
         yield NOTHING, NOTHING, guard, NOTHING

@@ -1,10 +1,10 @@
-"""Training runs: the loops that tie an algorithm to the runner's pieces.
+"""Training runs: the loops that tie an algorithm to :mod:`mario_rl.run`'s pieces.
 
 PPO family: collect → learn → log → checkpoint/evaluate, in this process. A3G: the worker
 processes train; this process reads their messages, logs, checkpoints the shared model and
 evaluates it. Both stop at the step budget, a stop request (Ctrl-C, SIGTERM) or the target clear
 rate. Algorithm internals stay in ``algos/``; run directory, logging, progress, signals,
-checkpoints and the evaluation process come from ``runner``.
+checkpoints and the evaluation process come from :mod:`mario_rl.run`.
 """
 
 from __future__ import annotations
@@ -22,24 +22,18 @@ from typing import IO, Any
 from . import distributed
 from .algos.common import check_device
 from .algos.ppo import PPO
-from .checkpoint import load_checkpoint
 from .config import RunConfig
 from .config.a3g import A3GConfig
 from .config.ppo import PPOConfig
 from .envs import EnvConfig, make_vector_env, parse_stages
 from .evaluation.policy import evaluate_checkpoint
-from .runner import (
-    CheckpointSchedule,
-    EvalProcess,
-    Logger,
-    NonFiniteError,
-    PhaseTimer,
-    Progress,
-    RunDir,
-    SignalGuard,
-    check_finite,
-    one_line,
-)
+from .io.checkpoint import load_checkpoint
+from .run.checkpoints import CheckpointSchedule
+from .run.evaluator import EvalProcess, one_line
+from .run.guards import NonFiniteError, SignalGuard, check_finite
+from .run.logger import Logger
+from .run.progress import PhaseTimer, Progress
+from .run.rundir import RunDir
 
 EVAL_SEED = 1_000_003
 """Seed of the evaluation episodes' no-op starts (a stream training never draws from)."""

@@ -40,17 +40,14 @@ from torch import Tensor, nn
 from mario_rl.algos.common import gae, linear_schedule
 from mario_rl.algos.ppo import sample_actions
 from mario_rl.algos.shared_optim import make_optimizer
-from mario_rl.checkpoint import (
-    RESTORE_ERRORS,
-    load_optimizer_state,
-    misfit_error,
-    optimizer_state_tensors,
-)
 from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs import EnvConfig, MarioVectorEnv, action_meanings
 from mario_rl.envs.stages import STAGES, StageSelection, parse_stages
+from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
+from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, build_model
-from mario_rl.runner import NonFiniteError, one_line
+from mario_rl.run.evaluator import one_line
+from mario_rl.run.guards import NonFiniteError
 
 CHECKPOINT_FORMAT = "mario-rl/a3g-trainer"
 CHECKPOINT_VERSION = 1
@@ -741,10 +738,7 @@ class A3G:
         Taken while workers run, the copy may mix two updates of some parameters (Hogwild);
         each tensor is a contiguous private copy.
         """
-        tensors: dict[str, Tensor] = {
-            f"model.{k}": v.detach().contiguous().clone()
-            for k, v in self.model.state_dict().items()
-        }
+        tensors = prefixed(self.model.state_dict(), "model.")
         opt_meta = None
         if self.optimizer is not None:
             opt_tensors, opt_meta = optimizer_state_tensors(self.optimizer, "optim.")
@@ -784,7 +778,7 @@ class A3G:
             )
         self.model.spec.check_compatible(ModelSpec.from_dict(meta["model_spec"]))
         # load_state_dict copies into the existing (shared-memory) parameters.
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.model.load_state_dict(strip_prefix(tensors, "model."))
         if self.optimizer is not None and meta.get("optimizer") is not None:
             load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
         if self.curriculum is not None and meta.get("curriculum"):

@@ -36,13 +36,9 @@ from mario_rl.algos.common import (
     gae,
     linear_schedule,
 )
-from mario_rl.checkpoint import (
-    RESTORE_ERRORS,
-    load_optimizer_state,
-    misfit_error,
-    optimizer_state_tensors,
-)
 from mario_rl.config.ppo import PPOConfig
+from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
+from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, RNDModel, build_model
 
 if TYPE_CHECKING:
@@ -890,21 +886,12 @@ class PPO:
         With async_collect the per-env carry (env.*) and the collector's generator are taken
         while a rollout is in flight, so they only matter for an exact resume in sync mode.
         """
-        tensors: dict[str, Tensor] = {
-            f"model.{k}": v.detach().contiguous().clone()
-            for k, v in self.model.state_dict().items()
-        }
+        tensors = prefixed(self.model.state_dict(), "model.")
         opt_tensors, opt_meta = optimizer_state_tensors(self.optimizer, "optim.")
         tensors |= opt_tensors
         if self.rnd is not None:
-            tensors |= {
-                f"rnd.{k}": v.detach().contiguous().clone()
-                for k, v in self.rnd.state_dict().items()
-            }
-            tensors |= {
-                f"rnd_reward_rms.{k}": v.clone()
-                for k, v in self.int_reward_rms.state_dict().items()
-            }
+            tensors |= prefixed(self.rnd.state_dict(), "rnd.")
+            tensors |= prefixed(self.int_reward_rms.state_dict(), "rnd_reward_rms.")
             tensors["rnd_int_return"] = self.int_return.clone()
         tensors["env.next_obs"] = self.next_obs.clone()
         tensors["env.next_start"] = self.next_start.clone()
@@ -961,13 +948,11 @@ class PPO:
             )
         self.model.spec.check_compatible(ModelSpec.from_dict(meta["model_spec"]))
         self._wait_pending()
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.model.load_state_dict(strip_prefix(tensors, "model."))
         load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
         if self.rnd is not None:
-            self.rnd.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("rnd.")})
-            self.int_reward_rms.load_state_dict(
-                {k[15:]: v for k, v in tensors.items() if k.startswith("rnd_reward_rms.")}
-            )
+            self.rnd.load_state_dict(strip_prefix(tensors, "rnd."))
+            self.int_reward_rms.load_state_dict(strip_prefix(tensors, "rnd_reward_rms."))
             self.int_return.copy_(tensors["rnd_int_return"])
         self.gen.set_state(tensors["rng.generator"].clone())
         for k, gen in enumerate(self.collect_gens):

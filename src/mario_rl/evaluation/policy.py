@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from ..algos.ppo import policy_act
-from ..checkpoint import CheckpointError, load_checkpoint
 from ..envs import EnvConfig, action_meanings
+from ..io.checkpoint import CheckpointError, load_checkpoint, strip_prefix
 from ..models import ActorCritic, ModelSpec
 from .evaluate import Policy, evaluate, summarise
 
@@ -59,8 +59,7 @@ def load_policy(
         env_config.validate()
         _check_fits(spec, env_config)
         model = ActorCritic(spec)
-        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(strip_prefix(tensors, "model."), strict=True)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         # torch's load errors span lines and name the keys only after the first one.
         first = " ".join(str(e).split())[:300] or type(e).__name__
