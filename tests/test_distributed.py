@@ -21,10 +21,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mario_rl.algos.common import RunningMeanStd
 from mario_rl.algos.ppo import PPO
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.distributed import Distributed, Launch, launch_from_env
+from mario_rl.rl.stats import RunningMeanStd
 
 ALGOS = ("ppo", "ppo-lstm", "ppo-rnd")
 OBS = (4, 84, 84)

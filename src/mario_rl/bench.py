@@ -155,8 +155,8 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     """
     import torch
 
-    from .algos.common import check_device
     from .algos.ppo import PPO
+    from .devices import check_device
 
     cfg, env_cfg = job.ppo, job.env
     check_device(cfg.device)

@@ -31,12 +31,12 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor
 
-from .algos.ppo import episode_metrics
+from .rl.stats import episode_metrics
 
 if TYPE_CHECKING:
-    from .algos.common import RunningMeanStd
     from .algos.ppo import PPO
     from .config.ppo import PPOConfig
+    from .rl.stats import RunningMeanStd
 
 RANK_SEED_STRIDE = 104_729
 """Rank r trains with seed + r * stride: a prime, so that no rank's seeds (its envs', its

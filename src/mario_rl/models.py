@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mario_rl.algos.common import RunningMeanStd
+from mario_rl.rl.stats import RunningMeanStd
 
 LSTMState = tuple[Tensor, Tensor]
 """(h, c), each (B, hidden)."""

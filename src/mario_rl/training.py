@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import distributed
-from .algos.common import check_device
 from .algos.ppo import PPO
 from .config import RunConfig
 from .config.a3g import A3GConfig
 from .config.ppo import PPOConfig
+from .devices import check_device
 from .envs import EnvConfig, make_vector_env, parse_stages
 from .evaluation.policy import evaluate_checkpoint
 from .io.checkpoint import load_checkpoint
+from .rl.stats import episode_metrics
 from .run.checkpoints import CheckpointSchedule
 from .run.evaluator import EvalProcess, one_line
 from .run.guards import NonFiniteError, SignalGuard, check_finite
@@ -452,17 +453,7 @@ class _A3GStats:
                 if k.startswith("rewards/"):
                     m[k] = v / steps
             m["charts/updates"] = float(n)
-        if self.episodes:
-            m["charts/episodes"] = float(len(self.episodes))
-            for key, tag in (("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
-                vals = [float(e[key]) for e in self.episodes if key in e]
-                if vals:
-                    m[f"charts/{tag}"] = sum(vals) / len(vals)
-        if self.restored:
-            m["charts/restored_episodes"] = float(len(self.restored))
-            m["charts/restored_flag_rate"] = sum(bool(e.get("flag")) for e in self.restored) / len(
-                self.restored
-            )
+        m |= episode_metrics(self.episodes, self.restored)
         self._clear()
         return m
 

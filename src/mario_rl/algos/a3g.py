@@ -37,8 +37,6 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mario_rl.algos.common import gae, linear_schedule
-from mario_rl.algos.ppo import sample_actions
 from mario_rl.algos.shared_optim import make_optimizer
 from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs import EnvConfig, MarioVectorEnv, action_meanings
@@ -46,6 +44,9 @@ from mario_rl.envs.stages import STAGES, StageSelection, parse_stages
 from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, build_model
+from mario_rl.rl.actions import sample_actions
+from mario_rl.rl.advantages import gae
+from mario_rl.rl.stats import linear_schedule
 from mario_rl.run.evaluator import one_line
 from mario_rl.run.guards import NonFiniteError
 
@@ -67,7 +68,7 @@ def a3g_targets(
     them: the policy follows the advantages, the value is regressed on the returns (lambda 1).
 
     ``next_values[t]`` is V of the observation after step t in the same episode (see
-    :func:`mario_rl.algos.common.gae`); terminations cut the bootstrap, dones cut the chain.
+    :func:`mario_rl.rl.advantages.gae`); terminations cut the bootstrap, dones cut the chain.
     """
     col = lambda x: x.reshape(-1, 1)  # noqa: E731  (common.gae works on (T, N))
     args = (col(rewards), col(values), col(next_values), col(terminations), col(dones))

@@ -29,110 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mario_rl.algos.common import (
-    RunningMeanStd,
-    discounted_running_returns,
-    explained_variance,
-    gae,
-    linear_schedule,
-)
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, RNDModel, build_model
+from mario_rl.rl.actions import sample_actions
+from mario_rl.rl.advantages import discounted_running_returns, gae
+from mario_rl.rl.losses import ppo_losses, value_loss
+from mario_rl.rl.stats import RunningMeanStd, episode_metrics, explained_variance, linear_schedule
 
 if TYPE_CHECKING:
     from mario_rl.distributed import Distributed
 
 CHECKPOINT_FORMAT = "mario-rl/ppo-trainer"
 CHECKPOINT_VERSION = 1
-
-
-# -- the loss ------------------------------------------------------------------------------------
-def value_loss(values: Tensor, returns: Tensor, kind: str) -> Tensor:
-    """The value loss alone ('mse' = 0.5 * squared error, 'huber' = smooth L1)."""
-    if kind == "huber":
-        return F.smooth_l1_loss(values, returns)
-    return 0.5 * (values - returns).square().mean()
-
-
-def ppo_losses(
-    logits: Tensor,
-    actions: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    values: Tensor,
-    returns: Tensor,
-    clip: float,
-    vf_loss: str = "mse",
-) -> dict[str, Tensor]:
-    """The clipped-surrogate PPO terms for one minibatch (advantages already normalised or not).
-
-    Returns policy (to minimise), value, entropy (to maximise), approx_kl = mean((r-1) - log r)
-    (Schulman's low-variance estimator), old_approx_kl = mean(-log r) and clipfrac.
-    """
-    logp_all = F.log_softmax(logits, dim=-1)
-    new_logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-    log_ratio = new_logprobs - old_logprobs
-    ratio = log_ratio.exp()
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
-    v_loss = value_loss(values, returns, vf_loss)
-    with torch.no_grad():
-        approx_kl = ((ratio - 1) - log_ratio).mean()
-        old_approx_kl = (-log_ratio).mean()
-        clipfrac = ((ratio - 1).abs() > clip).float().mean()
-    return {
-        "policy": pg_loss,
-        "value": v_loss,
-        "entropy": entropy,
-        "approx_kl": approx_kl,
-        "old_approx_kl": old_approx_kl,
-        "clipfrac": clipfrac,
-    }
-
-
-def sample_actions(
-    logits: Tensor, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """Sample from a categorical over the last dim; returns (actions int64, their log-probs)."""
-    logp = F.log_softmax(logits, dim=-1)
-    actions = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-    return actions, logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-
-
-@torch.inference_mode()
-def policy_act(
-    model: ActorCritic,
-    obs: np.ndarray | Tensor,
-    state: LSTMState | None = None,
-    deterministic: bool = True,
-    starts: np.ndarray | Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[np.ndarray, LSTMState | None]:
-    """Actions for uint8 observations (N,C,H,W) or one (C,H,W): greedy (argmax) or sampled.
-
-    For a recurrent model pass the previous ``state`` (None = zeros) and ``starts`` (True where an
-    episode begins, resetting that env's state); returns (actions as int64 numpy, new state).
-    """
-    x = torch.as_tensor(obs)
-    single = x.dim() == 3
-    if single:
-        x = x.unsqueeze(0)
-    device = next(model.parameters()).device
-    x = x.to(device)
-    s = (
-        None
-        if starts is None
-        else torch.as_tensor(starts, dtype=torch.bool, device=device).reshape(-1)
-    )
-    out = model(x, state, s)
-    if deterministic:
-        actions = out.logits.argmax(-1)
-    else:
-        actions, _ = sample_actions(out.logits, generator)
-    a = actions.cpu().numpy()
-    return (a[0:1] if single else a), out.state
 
 
 @contextlib.contextmanager
@@ -146,24 +56,6 @@ def torch_threads(n: int) -> Iterator[None]:
     finally:
         if n and n != old:
             torch.set_num_threads(old)
-
-
-def episode_metrics(
-    episodes: list[dict[str, Any]], restored: list[dict[str, Any]]
-) -> dict[str, float]:
-    """Means over finished episodes (charts/episode_return, …, charts/flag_rate), and the episodes
-    begun from a saved progress state counted apart (charts/restored_*)."""
-    metrics: dict[str, float] = {}
-    if episodes:
-        metrics["charts/episodes"] = float(len(episodes))
-        for key, tag in (("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
-            vals = [float(e[key]) for e in episodes if key in e]
-            if vals:
-                metrics[f"charts/{tag}"] = float(np.mean(vals))
-    if restored:
-        metrics["charts/restored_episodes"] = float(len(restored))
-        metrics["charts/restored_flag_rate"] = float(np.mean([bool(e["flag"]) for e in restored]))
-    return metrics
 
 
 def _collect_key(k: int) -> str:

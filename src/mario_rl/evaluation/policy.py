@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..algos.ppo import policy_act
 from ..envs import EnvConfig, action_meanings
 from ..io.checkpoint import CheckpointError, load_checkpoint, strip_prefix
 from ..models import ActorCritic, ModelSpec
+from ..rl.actions import policy_act
 from .evaluate import Policy, evaluate, summarise
 
 
