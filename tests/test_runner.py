@@ -396,7 +396,7 @@ def test_signal_guard_duplicate_delivery_is_one_request_and_a_later_one_aborts()
 
 def test_training_evaluations_can_sample():
     from mario_rl.config.run import RunConfig
-    from mario_rl.training import _eval_kwargs
+    from mario_rl.run.loop import eval_kwargs
 
-    assert _eval_kwargs("1-1", RunConfig())["sample"] is False
-    assert _eval_kwargs("1-1", RunConfig(eval_sample=True))["sample"] is True
+    assert eval_kwargs("1-1", RunConfig())["sample"] is False
+    assert eval_kwargs("1-1", RunConfig(eval_sample=True))["sample"] is True

@@ -299,7 +299,8 @@ def _stage_list(stages: str) -> tuple[str, ...]:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from . import distributed
+    from .parallel import distributed
+    from .parallel.collective import LOCAL
     from .training import A3GJob, train, train_a3g
 
     job = train_job(ns, "mario-rl " + " ".join(sys.argv[1:]))
@@ -311,7 +312,7 @@ def _train(ns: argparse.Namespace) -> int:
             )
         return train_a3g(job, total_steps_given=given_total)
     with distributed.from_env() as dist:
-        return train(job, total_steps_given=given_total, dist=dist)
+        return train(job, total_steps_given=given_total, collective=dist or LOCAL)
 
 
 def _bench_train(ns: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ device (the CPU, or a GPU from ``gpu_ids`` round-robin). A worker's update:
 Steps are counted per worker in a shared array (each worker writes only its own slot, so the sum
 is exact); episode statistics and per-update losses go to the main process over a queue. The
 main process (:class:`A3G`) owns the shared model, the counters, the stage curriculum and the
-checkpoint state; the run loop around it is ``training.train_a3g``.
+checkpoint state; the run loop around it is :func:`mario_rl.run.loop.run_loop`, via ``training.train_a3g``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from mario_rl.rl.advantages import gae
 from mario_rl.rl.stats import linear_schedule
 from mario_rl.run.evaluator import one_line
 from mario_rl.run.guards import NonFiniteError
+from mario_rl.seeding import worker_seed
 
 CHECKPOINT_FORMAT = "mario-rl/a3g-trainer"
 CHECKPOINT_VERSION = 1
@@ -324,7 +325,7 @@ class Worker:
         self.curriculum_weights = curriculum_weights
         base = env.stages_of(0) if hasattr(env, "stages_of") else None
         self.base_selection: StageSelection | None = base
-        seed = cfg.seed + rank if seed is None else seed
+        seed = worker_seed(cfg.seed, rank) if seed is None else seed
         self.gen = torch.Generator().manual_seed(seed)
         self._apply_curriculum()
         obs, _ = env.reset(seed=seed)
@@ -658,7 +659,7 @@ class A3G:
                         self.counters, self.base_step, self.messages, self.stop_event,
                         self.stage_weights, os.getpid(),
                         # A resumed run plays fresh episodes: a stream the run has not used.
-                        self.cfg.seed + 7919 * rank + self.base_step,
+                        worker_seed(self.cfg.seed, rank, self.base_step),
                     ),
                     name=f"mario-rl-a3g-{rank}",
                     daemon=True,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,13 +33,12 @@ from mario_rl.config.ppo import PPOConfig
 from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, RNDModel, build_model
+from mario_rl.parallel.collective import LOCAL, Collective
 from mario_rl.rl.actions import sample_actions
 from mario_rl.rl.advantages import discounted_running_returns, gae
 from mario_rl.rl.losses import ppo_losses, value_loss
 from mario_rl.rl.stats import RunningMeanStd, episode_metrics, explained_variance, linear_schedule
-
-if TYPE_CHECKING:
-    from mario_rl.distributed import Distributed
+from mario_rl.seeding import collect_seed, group_seed, resume_seed
 
 CHECKPOINT_FORMAT = "mario-rl/ppo-trainer"
 CHECKPOINT_VERSION = 1
@@ -151,6 +150,7 @@ class PPO:
         *,
         obs_shape: tuple[int, int, int] | None = None,
         n_actions: int | None = None,
+        collective: Collective = LOCAL,
     ):
         config.validate()
         self.cfg = cfg = config
@@ -171,15 +171,15 @@ class PPO:
         self.n_actions = n_actions
         self.recurrent = cfg.algo == "ppo-lstm"
         self.use_rnd = cfg.algo == "ppo-rnd"
-        self.dist: Distributed | None = None
-        """Set by Distributed.attach under torchrun: updates and batch statistics become global."""
+        self.collective: Collective = collective
+        """The other replicas under torchrun (updates and batch statistics become global); LOCAL alone."""
         # Separate streams so that collection (possibly in another thread) and learning do not
         # interleave draws from one generator.
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.collect_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.collect_gen = torch.Generator().manual_seed(collect_seed(cfg.seed))
         self.collect_gens = [self.collect_gen, *(torch.Generator() for _ in self._groups()[1:])]
         """Action-sampling streams, one per env group that collects side by side (group_collect)."""
-        self.seed_collection(cfg.seed + 1)
+        self.seed_collection(collect_seed(cfg.seed))
 
         # Initial weights from the seed, without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
@@ -230,6 +230,16 @@ class PPO:
             )
         if envs is not None:
             self.reset_envs(cfg.seed)
+        # Every replica starts from rank 0's weights.
+        self.collective.broadcast_tensors(self._replicated_tensors())
+
+    def _replicated_tensors(self) -> list[Tensor]:
+        """What must be identical on every replica: the model, RND's networks and statistics."""
+        tensors = list(self.model.state_dict().values())
+        if self.rnd is not None:
+            tensors += list(self.rnd.state_dict().values())
+            tensors += list(self.int_reward_rms.state_dict().values())
+        return tensors
 
     def reset_envs(self, seed: int | None = None) -> None:
         """Reset every env and the per-env recurrent state (call after swapping in a fresh env)."""
@@ -266,7 +276,7 @@ class PPO:
 
     def _progress(self) -> float:
         # Under torchrun each update consumes world_size batches of the step budget.
-        world = 1 if self.dist is None else self.dist.world_size
+        world = self.collective.world_size
         return self.update / max(1, self.cfg.total_steps // (self.cfg.batch_size * world))
 
     # -- collect ---------------------------------------------------------------------------------
@@ -299,7 +309,7 @@ class PPO:
             pending, self._pending = self._pending, None
             buf = pending.result()
             self._spare, self.rollout = self.rollout, buf
-        self.global_step += self.cfg.batch_size * (1 if self.dist is None else self.dist.world_size)
+        self.global_step += self.cfg.batch_size * self.collective.world_size
         if self._pool is not None:
             self._launch()
         wait = time.perf_counter() - t0
@@ -392,7 +402,7 @@ class PPO:
     def seed_collection(self, seed: int) -> None:
         """Re-seed the action-sampling streams (group k's from ``seed`` and k)."""
         for k, gen in enumerate(self.collect_gens):
-            gen.manual_seed(seed + 1_000_003 * k)
+            gen.manual_seed(group_seed(seed, k))
 
     def _groups(self) -> list[range]:
         """The env index ranges that collect side by side (one per env worker, or all)."""
@@ -545,7 +555,7 @@ class PPO:
         errs = [self.rnd.error(chunk) for chunk in frames.split(1024)]
         raw = torch.cat(errs).reshape(cfg.rollout_steps, cfg.num_envs)
         if cfg.rnd_reward_norm == "minmax":
-            lo, hi = (raw.min(), raw.max()) if self.dist is None else self.dist.min_max(raw)
+            lo, hi = self.collective.min_max(raw)
             r_int = (raw - lo) / (hi - lo + 1e-8)
         else:
             rets, last = discounted_running_returns(raw, self.int_return, cfg.rnd_gamma_int)
@@ -561,10 +571,7 @@ class PPO:
 
     def _update_stats(self, rms: RunningMeanStd, x: Tensor) -> None:
         # Under torchrun every rank folds in the same global batch, so the statistics agree.
-        if self.dist is None:
-            rms.update(x)
-        else:
-            self.dist.update_running_stats(rms, x)
+        self.collective.update_running_stats(rms, x)
 
     # -- learn -----------------------------------------------------------------------------------
     def compute_advantages(self) -> None:
@@ -644,9 +651,7 @@ class PPO:
                 adv = b_adv[idx]
                 if cfg.norm_adv:
                     # Over all ranks' minibatches under torchrun: the combined batch's statistics.
-                    mean, std = (
-                        (adv.mean(), adv.std()) if self.dist is None else self.dist.mean_std(adv)
-                    )
+                    mean, std = self.collective.mean_std(adv)
                     adv = (adv - mean) / (std + 1e-8)
                 terms = ppo_losses(
                     out.logits.reshape(-1, self.n_actions),
@@ -686,9 +691,8 @@ class PPO:
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if self.dist is not None:
-                    # Before clipping, so that every rank clips the same mean gradient.
-                    self.dist.average_gradients(self.optimizer.param_groups[0]["params"])
+                # Before clipping, so that every rank clips the same mean gradient.
+                self.collective.average_gradients(self.optimizer.param_groups[0]["params"])
                 if cfg.max_grad_norm > 0:
                     terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(
                         self.optimizer.param_groups[0]["params"], cfg.max_grad_norm
@@ -737,7 +741,7 @@ class PPO:
 
     def _kl(self, approx_kl: Tensor) -> float:
         # The mean over the ranks, so that every rank stops the update at the same minibatch.
-        return float(approx_kl) if self.dist is None else self.dist.mean(approx_kl)
+        return self.collective.mean(approx_kl)
 
     def _as_nchw(self, x: Tensor) -> Tensor:
         """Gathered storage rows -> (B, C, H, W) (a free permute when stored NHWC)."""
@@ -825,6 +829,12 @@ class PPO:
             self._restore(tensors, meta, restore_env_state)
         except RESTORE_ERRORS as e:
             raise misfit_error(self.cfg.algo, e) from None
+        if not self.collective.is_main:
+            # The checkpoint holds rank 0's generators; the others draw their own streams.
+            base = resume_seed(self.cfg.seed, self.update)
+            self.gen.manual_seed(base)
+            self.seed_collection(collect_seed(base))
+        self.collective.broadcast_tensors(self._replicated_tensors())
 
     def _restore(
         self, tensors: dict[str, Tensor], meta: dict[str, Any], restore_env_state: bool
