@@ -29,7 +29,7 @@ from .io.checkpoint import load_checkpoint
 from .parallel.collective import LOCAL, Collective
 from .rl.stats import episode_metrics
 from .run.evaluator import one_line
-from .run.loop import Failure, RunStats, Step, run_loop
+from .run.loop import Failure, RunStats, Step, Trainer, run_loop
 from .run.progress import PhaseTimer
 from .run.rundir import RunDir
 from .seeding import resume_seed
@@ -84,44 +84,6 @@ class A3GJob:
             "a3g": self.a3g.to_dict(),
             "run": dataclasses.asdict(self.run),
         }
-
-
-def _resume_job(job: Any, run: RunDir, total_steps: int | None) -> Any:
-    """The saved job of a run being resumed (a new --total-steps may extend it)."""
-    saved = run.saved_config()
-    if saved.get("algo", "ppo") != job.algo and "a3g" in (saved.get("algo"), job.algo):
-        raise ValueError(
-            f"{run.path} is a {saved.get('algo')!r} run; resume it with --algo {saved.get('algo')}"
-        )
-    env = EnvConfig.from_dict(saved["env"])
-    runc = dataclasses.replace(
-        job.run, **{k: v for k, v in saved["run"].items() if k not in ("resume", "run_dir")}
-    )
-    if isinstance(job, A3GJob):
-        a3g = A3GConfig.from_dict(saved["a3g"])
-        if total_steps is not None:
-            a3g.total_steps = total_steps
-        return A3GJob(env, a3g, runc, job.command)
-    ppo = PPOConfig.from_dict(saved["ppo"])
-    if total_steps is not None:
-        ppo.total_steps = total_steps
-    return TrainJob(env, ppo, runc, int(saved.get("workers", job.workers)), job.command)
-
-
-def _open_run(job: Any, total_steps_given: int | None) -> tuple[RunDir, Any, Path | None]:
-    """The run directory (new, or resumed with its saved job) and the checkpoint to resume from."""
-    run = RunDir.open(
-        job.run.run_dir or None,
-        algo=job.algo,
-        stages=job.env.stages,
-        resume=job.run.resume,
-        config=None if job.run.resume else job.to_dict(),
-    )
-    latest = None
-    if job.run.resume:
-        job = _resume_job(job, run, total_steps_given)
-        latest = run.latest_checkpoint()
-    return run, job, latest
 
 
 def _resume_job(job: Any, run: RunDir, total_steps: int | None) -> Any:
@@ -254,24 +216,41 @@ def train(
         _resumed(run, latest, ppo.global_step, out)
     timer = PhaseTimer()
     ranks = collective.world_size
+    title = f"{cfg.algo} {job.env.stages}" + (f" x{ranks} ranks" if ranks > 1 else "")
     try:
-        return run_loop(
-            _PPOSteps(ppo, timer, job.run.log_every),
-            run=run,
-            rc=job.run,
-            job_record=job.to_dict(),
-            env_record=job.env.to_dict(),
-            stages=job.env.stages,
-            total_steps=cfg.total_steps,
-            stats=RunStats.from_meta(meta),
-            title=f"{cfg.algo} {job.env.stages}" + (f" x{ranks} ranks" if ranks > 1 else ""),
-            timer=timer,
-            collective=collective,
-            out=out,
-        )
+        return _run(_PPOSteps(ppo, timer, job.run.log_every), job, cfg.total_steps, run, meta,
+                    title, timer, collective, out)  # fmt: skip
     finally:
         ppo.close()
         envs.close()
+
+
+def _run(
+    trainer: Trainer,
+    job: Any,
+    total_steps: int,
+    run: RunDir | None,
+    meta: dict[str, Any] | None,
+    title: str,
+    timer: PhaseTimer,
+    collective: Collective,
+    out: IO[str],
+) -> int:
+    """Hand a built trainer of ``job`` to the one loop."""
+    return run_loop(
+        trainer,
+        run=run,
+        rc=job.run,
+        job_record=job.to_dict(),
+        env_record=job.env.to_dict(),
+        stages=job.env.stages,
+        total_steps=total_steps,
+        stats=RunStats.from_meta(meta),
+        title=title,
+        timer=timer,
+        collective=collective,
+        out=out,
+    )
 
 
 # -- A3G -------------------------------------------------------------------------------------------
@@ -441,20 +420,9 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] = 
         a3g.load_state_dict(tensors, meta)
         _resumed(run, latest, a3g.global_step, out)
     timer = PhaseTimer()
-    return run_loop(
-        _A3GSteps(a3g, cfg, timer),
-        run=run,
-        rc=job.run,
-        job_record=job.to_dict(),
-        env_record=job.env.to_dict(),
-        stages=job.env.stages,
-        total_steps=cfg.total_steps,
-        stats=RunStats.from_meta(meta),
-        title=f"a3g {job.env.stages} x{cfg.workers}",
-        timer=timer,
-        collective=LOCAL,
-        out=out,
-    )
+    title = f"a3g {job.env.stages} x{cfg.workers}"
+    return _run(_A3GSteps(a3g, cfg, timer), job, cfg.total_steps, run, meta, title, timer,
+                LOCAL, out)  # fmt: skip
 
 
 def _dead_worker(rank: int, exitcode: int) -> str:

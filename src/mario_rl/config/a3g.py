@@ -9,10 +9,11 @@ worker runs its model on one torch thread.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-NETWORKS = ("nature", "small", "impala")
+from mario_rl.config.records import NETWORKS, from_dict
+
 OPTIMIZERS = ("adam", "rmsprop")
 
 
@@ -93,16 +94,7 @@ class A3GConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> A3GConfig:
         """Inverse of to_dict; unknown keys are an error so that typos do not pass silently."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown A3GConfig fields {unknown}; known fields are {sorted(known)}"
-            )
-        d = dict(data)
-        if "gpu_ids" in d:
-            d["gpu_ids"] = list(d["gpu_ids"])
-        return cls(**d)
+        return from_dict(cls, data, convert={"gpu_ids": list})
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message saying what is wrong and what would be right."""

@@ -15,7 +15,11 @@ from torch import Tensor
 if TYPE_CHECKING:
     from mario_rl.rl.stats import RunningMeanStd
 
-__all__ = ["LOCAL", "Collective", "Local"]
+__all__ = ["LOCAL", "Collective", "Episodes", "Local", "Merged", "Metrics"]
+
+Metrics = dict[str, float]
+Episodes = list[dict[str, Any]]
+Merged = tuple[Metrics, Episodes]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -65,12 +69,7 @@ class Collective(Protocol):
         """Run ``fn() -> (kept, shared)`` on rank 0 and send ``shared`` to every replica."""
         ...
 
-    def merge_update(
-        self,
-        metrics: dict[str, float],
-        episodes: list[dict[str, Any]],
-        restored: list[dict[str, Any]],
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    def merge_update(self, metrics: Metrics, episodes: Episodes, restored: Episodes) -> Merged:
         """Every replica's update metrics and finished episodes, merged on rank 0."""
         ...
 
@@ -113,12 +112,7 @@ class Local:
     def from_main(self, fn: Callable[[], tuple[T, S]]) -> tuple[T | None, S]:
         return fn()
 
-    def merge_update(
-        self,
-        metrics: dict[str, float],
-        episodes: list[dict[str, Any]],
-        restored: list[dict[str, Any]],
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    def merge_update(self, metrics: Metrics, episodes: Episodes, restored: Episodes) -> Merged:
         return metrics, episodes
 
     def agree_stop(self, reason: str | None, code: int) -> tuple[str | None, int]:

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor
 
+from mario_rl.parallel.collective import Episodes, Merged, Metrics
 from mario_rl.rl.stats import episode_metrics
 from mario_rl.seeding import rank_seed
 
@@ -189,12 +190,7 @@ class Distributed:
             raise SystemExit(payload)
         return kept, payload
 
-    def merge_update(
-        self,
-        metrics: dict[str, float],
-        episodes: list[dict[str, Any]],
-        restored: list[dict[str, Any]],
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    def merge_update(self, metrics: Metrics, episodes: Episodes, restored: Episodes) -> Merged:
         """Every rank's update metrics and finished episodes, on rank 0.
 
         Rank 0 gets the metrics averaged over the ranks, with the episode statistics (flag rate,
