@@ -83,7 +83,7 @@ def trainer_checkpoint(
     env = EnvConfig(actions=actions)
     if algo == "a3g":
         job: TrainJob | A3GJob = A3GJob(
-            env, A3GConfig(network=network, lstm_hidden=32, workers=1, num_steps=8), RunConfig()
+            env, A3GConfig(network=network, lstm_hidden=32, workers=1, rollout_steps=8), RunConfig()
         )
         tensors, meta = A3G(job.a3g, env).state_dict()
     else:
@@ -291,14 +291,15 @@ CASES: dict[str, list[Case]] = {
     ],
     "train a3g": [
         Case("train --algo a3g --workers 0", r"got '0'", r"whole number > 0"),
-        Case("train --algo a3g --num-steps 0", r"num_steps .* got 0", r"positive integer"),
+        Case("train --algo a3g --rollout-steps 0", r"rollout_steps .* got 0", r"positive integer"),
         Case("train --algo a3g --lr 0", r"got 0", r"lr must be > 0"),
         Case("train --algo a3g --stages 0-1", r"unknown stage '0-1'", STAGES_RIGHT),
         Case("train --algo a3g --gpu-ids 99", NO_CUDA_OR_NO_GPU, r"--gpu-ids -1|this machine"),
         Case("train --algo a3g --gpu-ids x", r"got 'x'", r"-1 \(CPU\) or GPU indices"),
         Case("train --algo a3g --gpu-ids -2", r"got '-2'", r"GPU indices >= 0"),
         Case("train --algo a3g --optimizer sgd", r"got 'sgd'", r"'adam' or 'rmsprop'"),
-        Case("train --algo a3g --rollout-steps 64", r"PPO option", r"A3G options"),
+        Case("train --algo a3g --minibatch-size 64", r"PPO option", r"A3G options"),
+        Case("train --algo a3g --num-steps 20", r"--num-steps was renamed", r"use --rollout-steps"),
         Case("train --algo a3g --preset ppo-seed", r"no \[a3g\] table", r"PPO family"),
         Case("train --algo a3g --run-dir CK --workers 1", r"CK exists", r"--resume"),
         Case("train --algo a3g --run-dir RUN_ARCH --resume", r"'ppo' run", r"--algo ppo"),
@@ -492,7 +493,16 @@ PPO_TINY = [
     "--envs", "2", "--workers", "1", "--rollout-steps", "16", "--minibatch-size", "16",
     "--epochs", "1", "--lstm-hidden", "32", "--bptt-len", "8", "--rnd-init-steps", "4",
 ]  # fmt: skip
-A3G_TINY = ["--workers", "1", "--num-steps", "8", "--lstm-hidden", "32", "--log-interval-s", "0.2"]
+A3G_TINY = [
+    "--workers",
+    "1",
+    "--rollout-steps",
+    "8",
+    "--lstm-hidden",
+    "32",
+    "--log-interval-s",
+    "0.2",
+]
 ENDLESS = ["--total-steps", "1000000000", "--checkpoint-every", "1000000000", "--eval-every", "0"]
 
 

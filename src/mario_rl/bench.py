@@ -256,7 +256,7 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         "algo": "a3g",
         "network": cfg.network,
         "workers": cfg.workers,
-        "num_steps": cfg.num_steps,
+        "rollout_steps": cfg.rollout_steps,
         "gpu_ids": list(cfg.gpu_ids),
         "train_steps_per_s": round(train_sps, 1),
         "env_steps_per_s": round(env_sps, 1),

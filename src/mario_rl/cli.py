@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import cliargs
 from .envs import EnvConfig, RewardConfig
@@ -105,8 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags named as the recurrent-PPO seed's table and the issue tracker name them.
 _PPO_RENAME = {"num_envs": "envs"}
-# A3G's names for two PPO knobs; either spelling works with every algorithm.
-_A3G_ALIASES = {"entropy_coef": "ent_coef", "value_coef": "vf_coef"}
+
+
+class _RenamedFlag(argparse.Action):
+    """An old spelling of a renamed knob: refused in one line naming the new flag."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        raise UsageError(
+            f"{option_string} was renamed {self.new} (one name per knob for every algorithm);"
+            f" use {self.new}"
+        )
+
+
+def _renamed_flags(p: argparse.ArgumentParser) -> None:
+    """The old spellings of renamed knobs, hidden from --help, each with its hint."""
+    from .config.records import RENAMED
+
+    for old, new in RENAMED.items():
+        action = p.add_argument(
+            "--" + old.replace("_", "-"), nargs="?", action=_RenamedFlag, help=argparse.SUPPRESS
+        )
+        action.new = _flag(new)  # type: ignore[attr-defined]
 
 
 def _shared_fields() -> set[str]:
@@ -147,11 +166,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     shared = _shared_fields()
     a3g_defaults = {f.name: f.default for f in dataclasses.fields(A3GConfig)}
     notes = {name: f"a3g: {a3g_defaults[name]}" for name in shared}
-    notes |= {ppo: f"a3g: {a3g_defaults[a3g]}" for a3g, ppo in _A3G_ALIASES.items()}
     g = p.add_argument_group("algorithm (PPO family; those marked a3g also apply to A3G)")
     cliargs.add_dataclass_args(g, PPOConfig, "ppo", rename=_PPO_RENAME, skip=("algo",), notes=notes)
     ag = p.add_argument_group("A3G (--algo a3g)")
     cliargs.add_dataclass_args(ag, A3GConfig, "a3g", skip=(*shared, "workers", "gpu_ids"))
+    _renamed_flags(p)
     ag.add_argument(
         "--gpu-ids",
         dest="a3g.gpu_ids",
@@ -206,11 +225,6 @@ def train_job(ns: argparse.Namespace, command: str = ""):
         return _a3g_job(ns, command, stages)
     ppo_flags = cliargs.given(ns, "ppo")
     a3g_flags = cliargs.given(ns, "a3g")
-    for a3g_name, ppo_name in _A3G_ALIASES.items():
-        if a3g_name in a3g_flags:
-            if ppo_name in ppo_flags:
-                raise UsageError(f"give {_flag(ppo_name)} or {_flag(a3g_name)}, not both")
-            ppo_flags[ppo_name] = a3g_flags.pop(a3g_name)
     if a3g_flags:
         name = sorted(a3g_flags)[0]
         raise UsageError(f"{_flag(name)} is an A3G option; use it with --algo a3g")
@@ -259,11 +273,6 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
     for name, value in cliargs.given(ns, "ppo").items():
         if name in shared:
             values[name] = value
-        elif name in _A3G_ALIASES.values():
-            a3g_name = next(k for k, v in _A3G_ALIASES.items() if v == name)
-            if a3g_name in cliargs.given(ns, "a3g"):
-                raise UsageError(f"give {_flag(name)} or {_flag(a3g_name)}, not both")
-            values[a3g_name] = value
         else:
             raise UsageError(
                 f"{_flag(name)} is a PPO option; --algo a3g does not use it"

@@ -5,7 +5,7 @@ processes (``spawn``-ed, one torch thread each) each own one env and a copy of t
 device (the CPU, or a GPU from ``gpu_ids`` round-robin). A worker's update:
 
 1. copy the shared weights into its model;
-2. play ``num_steps`` steps with the sampled policy (no graph kept), storing obs, actions and the
+2. play ``rollout_steps`` steps with the sampled policy (no graph kept), storing obs, actions and the
    env's shaped rewards;
 3. rerun the model over the stored sequence in one batched pass (the weights have not changed,
    so this is the same policy) and take the actor-critic loss: GAE(lambda) advantages for the
@@ -84,8 +84,8 @@ def a3g_loss(
     actions: Tensor,
     advantages: Tensor,
     returns: Tensor,
-    entropy_coef: float,
-    value_coef: float,
+    ent_coef: float,
+    vf_coef: float,
 ) -> dict[str, Tensor]:
     """The actor-critic loss of one rollout, summed over its T steps as in the seed (so its
     learning rate carries over): ``-sum(log pi(a) * A) - c_H * sum(H) + c_V * sum(0.5 (R - V)^2)``.
@@ -98,7 +98,7 @@ def a3g_loss(
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     policy = -(logp * advantages.detach())
     value = 0.5 * (returns.detach() - values).square()
-    loss = policy.sum() - entropy_coef * entropy.sum() + value_coef * value.sum()
+    loss = policy.sum() - ent_coef * entropy.sum() + vf_coef * value.sum()
     return {
         "loss": loss,
         "policy": policy.mean().detach(),
@@ -351,9 +351,9 @@ class Worker:
 
     @torch.no_grad()  # not inference_mode: learn() feeds the stored tensors to autograd
     def rollout(self) -> A3GRollout:
-        """Play ``num_steps`` steps with the local model, sampling actions."""
+        """Play ``rollout_steps`` steps with the local model, sampling actions."""
         cfg, dev, model = self.cfg, self.device, self.local
-        t_len = cfg.num_steps
+        t_len = cfg.rollout_steps
         shape = tuple(self.next_obs.shape[1:])
         z = lambda dtype=torch.float32: torch.zeros(t_len, dtype=dtype, device=dev)  # noqa: E731
         ro = A3GRollout(
@@ -433,7 +433,7 @@ class Worker:
                 ro.rewards, values.detach(), next_values, ro.terminations, ro.dones,
                 cfg.gamma, cfg.gae_lambda,
             )  # fmt: skip
-        terms = a3g_loss(logits, values, ro.actions, adv, returns, cfg.entropy_coef, cfg.value_coef)
+        terms = a3g_loss(logits, values, ro.actions, adv, returns, cfg.ent_coef, cfg.vf_coef)
         # Checked before anything reaches the shared model: one NaN gradient pushed there would
         # poison every worker and every later checkpoint.
         _check_finite_terms(terms, self.rank)
@@ -458,7 +458,7 @@ class Worker:
             "losses/policy": float(terms["policy"]),
             "losses/value": float(terms["value"]),
             "losses/entropy": float(terms["entropy"]),
-            "losses/loss": float(terms["loss"].detach()) / cfg.num_steps,
+            "losses/loss": float(terms["loss"].detach()) / cfg.rollout_steps,
             "charts/lr": lr,
             "time/learn": time.perf_counter() - t0,
         }
@@ -474,7 +474,7 @@ class Worker:
         metrics["time/env"] = ro.times["env"]
         metrics["time/inference"] = ro.times["inference"]
         metrics["time/sync"] = t_sync
-        metrics["steps"] = float(self.cfg.num_steps)
+        metrics["steps"] = float(self.cfg.rollout_steps)
         metrics["reward_sum"] = float(ro.rewards.sum())
         for name, total in ro.components.items():
             metrics[f"rewards/{name}"] = total
@@ -565,7 +565,7 @@ def worker_main(
             if os.getppid() != parent_pid:  # the main process died without stopping us
                 break
             metrics, episodes = worker.update()
-            counters[rank] += cfg.num_steps
+            counters[rank] += cfg.rollout_steps
             for ep in episodes:
                 ep["step"] = base_step + sum(counters)
                 messages.put(("episode", rank, ep))

@@ -7,10 +7,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
-__all__ = ["NETWORKS", "from_dict"]
+__all__ = ["NETWORKS", "RENAMED", "from_dict"]
 
 NETWORKS = ("nature", "small", "impala")
 """Encoders a config may name (mario_rl.models builds each)."""
+
+RENAMED = {"num_steps": "rollout_steps", "entropy_coef": "ent_coef", "value_coef": "vf_coef"}
+"""Old name -> the one name a knob has now (A3G used to spell three PPO knobs its own way).
+Records written before the rename still load; the old flags get a hint naming the new one."""
 
 
 def from_dict[T](
