@@ -19,27 +19,26 @@ import torch
 import torch.multiprocessing as mp
 
 from fake_env import FakeVectorEnv
-from mario_rl.algos.a3g import (
-    A3G,
+from mario_rl.algos.a3g import A3G
+from mario_rl.algos.a3g_stages import (
     Curriculum,
-    Worker,
-    a3g_loss,
-    a3g_targets,
     assign_stages,
     curriculum_selection,
-    device_of,
     plan_workers,
-    push_gradients,
     train_stages_spec,
     train_stages_warning,
     untrained_stages,
 )
+from mario_rl.algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, Worker, push_gradients
 from mario_rl.algos.shared_optim import SharedAdam, SharedRMSprop, make_optimizer, state_is_shared
 from mario_rl.cli import main
 from mario_rl.config.a3g import A3GConfig
+from mario_rl.devices import device_of
 from mario_rl.envs import STAGES, EnvConfig, MarioVectorEnv, parse_stages
 from mario_rl.io.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.models import ActorCritic, ModelSpec
+from mario_rl.rl.advantages import a3g_targets
+from mario_rl.rl.losses import a3g_loss
 
 TINY_SPEC = ModelSpec("small", (1, 36, 36), 3, recurrent=True, hidden_size=16)
 
@@ -349,7 +348,7 @@ def test_curriculum_weights_move_toward_failed_stages() -> None:
     # The main process folds worker episodes in and republishes.
     a3g = A3G(tiny_cfg(curriculum=True, workers=1), EnvConfig(stages="1-1,1-2"))
     for _ in range(25):
-        a3g.record([("episode", 0, {"start_stage": "1-2", "flag": True})])
+        a3g.record([EpisodeMsg(0, {"start_stage": "1-2", "flag": True})])
     arr = list(a3g.stage_weights)
     assert arr[STAGES.index("1-1")] > 3 * arr[STAGES.index("1-2")] > 0
     # A curriculum worker points its env's next reset at those weights.
@@ -409,7 +408,7 @@ def test_no_shared_optimizer_worker_trains_the_shared_model() -> None:
     import os
     import queue
 
-    from mario_rl.algos.a3g import worker_main
+    from mario_rl.algos.a3g_worker import worker_main
 
     cfg = tiny_cfg(shared_optimizer=False, total_steps=16, rollout_steps=8, workers=1)
     a3g = A3G(cfg, EnvConfig(stages="1-1"))
@@ -428,9 +427,10 @@ def test_no_shared_optimizer_worker_trains_the_shared_model() -> None:
     got = []
     while not messages.empty():
         got.append(messages.get())
-    assert not [m for m in got if m[0] == "error"], got
-    assert [m[0] for m in got if m[0] != "episode"] == ["update", "update", "exit"]
-    assert a3g.global_step == 16 and got[-1] == ("exit", 0, 16)
+    assert not [m for m in got if isinstance(m, ErrorMsg)], got
+    kinds = [type(m).__name__ for m in got if not isinstance(m, EpisodeMsg)]
+    assert kinds == ["UpdateMsg", "UpdateMsg", "ExitMsg"]
+    assert a3g.global_step == 16 and got[-1] == ExitMsg(0, 16)
     assert all(not torch.equal(b, p) for b, p in zip(before, a3g.model.parameters(), strict=True))
     tensors, meta = a3g.state_dict()
     assert meta["optimizer"] is None and not any(k.startswith("optim.") for k in tensors)

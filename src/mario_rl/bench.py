@@ -220,6 +220,7 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     worker's first update (process spawn and imports are not counted).
     """
     from .algos.a3g import A3G
+    from .algos.a3g_worker import ErrorMsg, ExitMsg, UpdateMsg
 
     cfg, env_cfg = job.a3g, job.env
     # Each worker steps its own env without waiting for the others, as A3G's workers do.
@@ -232,20 +233,20 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + 300
         while len(started) < cfg.workers:
             for msg in a3g.poll(0.5):
-                if msg[0] == "update":
-                    started.add(msg[1])
-                elif msg[0] in ("error", "exit"):
-                    raise RuntimeError(f"A3G worker {msg[1]} stopped during the warm-up: {msg[2:]}")
+                if isinstance(msg, UpdateMsg):
+                    started.add(msg.rank)
+                elif isinstance(msg, ErrorMsg | ExitMsg):
+                    raise RuntimeError(f"A3G worker {msg.rank} stopped during the warm-up: {msg}")
             if time.monotonic() > deadline:
                 raise RuntimeError("A3G workers did not start within 300 s")
         steps0, start = a3g.global_step, time.perf_counter()
         updates = 0
         while time.perf_counter() - start < seconds / 2:
             for msg in a3g.poll(0.2):
-                if msg[0] == "update":
+                if isinstance(msg, UpdateMsg):
                     updates += 1
                     for phase in phases:
-                        phases[phase] += msg[2].get(f"time/{phase}", 0.0)
+                        phases[phase] += msg.metrics.get(f"time/{phase}", 0.0)
         elapsed = time.perf_counter() - start
         steps = a3g.global_step - steps0
     finally:

@@ -330,7 +330,7 @@ def _bench_train(ns: argparse.Namespace) -> int:
 
     job = train_job(ns)
     if isinstance(job, A3GJob):
-        from .algos.a3g import check_devices
+        from .devices import check_devices
 
         job.env.validate()
         job.a3g.validate()

@@ -1,10 +1,13 @@
-"""Checking, before any file is written, that a requested torch device exists on this machine."""
+"""Torch devices: checking, before any file is written, that the requested ones exist here, and
+which one an A3G worker uses."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-__all__ = ["check_device"]
+__all__ = ["check_device", "check_devices", "device_of"]
 
 
 def check_device(device: str) -> None:
@@ -35,3 +38,26 @@ def check_device(device: str) -> None:
         )
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device {device}: unsupported device type; use cpu, cuda[:i] or mps")
+
+
+def device_of(rank: int, gpu_ids: Sequence[int]) -> str:
+    """The device of worker ``rank``: gpu_ids round-robin, -1 meaning the CPU."""
+    gid = gpu_ids[rank % len(gpu_ids)]
+    return "cpu" if gid < 0 else f"cuda:{gid}"
+
+
+def check_devices(gpu_ids: Sequence[int]) -> None:
+    """ValueError (one line) if a GPU in ``gpu_ids`` does not exist here."""
+    gpus = sorted({g for g in gpu_ids if g >= 0})
+    if not gpus:
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"--gpu-ids {' '.join(map(str, gpu_ids))}: CUDA is not available on this machine; "
+            "use --gpu-ids -1 (CPU workers)"
+        )
+    n = torch.cuda.device_count()
+    if gpus[-1] >= n:
+        raise ValueError(
+            f"--gpu-ids: GPU {gpus[-1]} does not exist; this machine has {n} (0..{n - 1})"
+        )

@@ -19,16 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, NonFiniteMsg, UpdateMsg, WorkerMessage
 from .algos.ppo import PPO
 from .config import RunConfig
 from .config.a3g import A3GConfig
 from .config.ppo import PPOConfig
 from .devices import check_device
 from .envs import EnvConfig, make_vector_env, parse_stages
+from .errors import one_line
 from .io.checkpoint import load_checkpoint
 from .parallel.collective import LOCAL, Collective
 from .rl.stats import episode_metrics
-from .run.evaluator import one_line
 from .run.loop import Failure, RunStats, Step, Trainer, run_loop
 from .run.progress import PhaseTimer
 from .run.rundir import RunDir
@@ -270,27 +271,26 @@ class _A3GStats:
         self.sums: dict[str, float] = defaultdict(float)
         self.updates = 0
 
-    def add(self, messages: list[tuple], timer: PhaseTimer) -> None:
+    def add(self, messages: list[WorkerMessage], timer: PhaseTimer) -> None:
         for msg in messages:
-            kind, rank = msg[0], msg[1]
-            if kind == "episode" and msg[2].get("restored"):
+            if isinstance(msg, EpisodeMsg) and msg.record.get("restored"):
                 # Begun from a saved progress state (EnvConfig.progress_starts): counted apart,
                 # so that they do not inflate the stage's flag rate and x.
-                self.restored.append(msg[2])
-            elif kind == "episode":
-                self.episodes.append(msg[2])
-            elif kind == "update":
+                self.restored.append(msg.record)
+            elif isinstance(msg, EpisodeMsg):
+                self.episodes.append(msg.record)
+            elif isinstance(msg, UpdateMsg):
                 self.updates += 1
-                for k, v in msg[2].items():
+                for k, v in msg.metrics.items():
                     self.sums[k] += float(v)
                 for phase in ("env", "inference", "learn", "sync"):
-                    timer.add(phase, msg[2].get(f"time/{phase}", 0.0))
-            elif kind == "error":
-                self.errors.append((rank, msg[2], msg[3]))
-            elif kind == "nonfinite":
-                self.nonfinite.append(msg[2])
-            elif kind == "exit":
-                self.exited.add(rank)
+                    timer.add(phase, msg.metrics.get(f"time/{phase}", 0.0))
+            elif isinstance(msg, ErrorMsg):
+                self.errors.append((msg.rank, msg.summary, msg.traceback))
+            elif isinstance(msg, NonFiniteMsg):
+                self.nonfinite.append(msg.message)
+            elif isinstance(msg, ExitMsg):
+                self.exited.add(msg.rank)
 
     def has_news(self) -> bool:
         """Whether an update or an episode arrived since the last row."""
@@ -332,7 +332,7 @@ class _A3GSteps:
     def start(self) -> None:
         self.a3g.start()
 
-    def _take(self, messages: list[tuple]) -> list[dict[str, Any]]:
+    def _take(self, messages: list[WorkerMessage]) -> list[dict[str, Any]]:
         """Fold messages in; the episodes that finished among them."""
         before = len(self.stats.episodes)
         self.a3g.record(messages)
@@ -395,7 +395,9 @@ class _A3GSteps:
 
 def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] = sys.stdout) -> int:
     """Run (or resume) an A3G job; returns the process exit code."""
-    from .algos.a3g import A3G, check_devices, plan_workers, train_stages_spec, train_stages_warning
+    from .algos.a3g import A3G
+    from .algos.a3g_stages import plan_workers, train_stages_spec, train_stages_warning
+    from .devices import check_devices
 
     job.env.validate()
     job.a3g.validate()

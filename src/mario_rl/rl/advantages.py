@@ -1,11 +1,12 @@
-"""Advantages and returns over a (T, N) rollout: GAE and RND's never-reset discounted sums."""
+"""Advantages and returns of a rollout: GAE, A3G's (advantage, n-step return) pair, and RND's
+never-reset discounted sums."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["discounted_running_returns", "gae"]
+__all__ = ["a3g_targets", "discounted_running_returns", "gae"]
 
 
 def gae(
@@ -47,3 +48,25 @@ def discounted_running_returns(
         running = running * gamma + rewards[t]
         out[t] = running
     return out, running
+
+
+def a3g_targets(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    terminations: Tensor,
+    dones: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """(GAE(lambda) advantages, n-step bootstrapped returns) of a (T,) rollout, as the seed takes
+    them: the policy follows the advantages, the value is regressed on the returns (lambda 1).
+
+    ``next_values[t]`` is V of the observation after step t in the same episode (see
+    :func:`mario_rl.rl.advantages.gae`); terminations cut the bootstrap, dones cut the chain.
+    """
+    col = lambda x: x.reshape(-1, 1)  # noqa: E731  (gae works on (T, N))
+    args = (col(rewards), col(values), col(next_values), col(terminations), col(dones))
+    adv, _ = gae(*args, gamma, lam)
+    _, returns = gae(*args, gamma, 1.0)
+    return adv.reshape(-1), returns.reshape(-1)

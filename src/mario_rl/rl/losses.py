@@ -1,4 +1,5 @@
-"""The PPO objective's terms for one minibatch: clipped surrogate, value loss, entropy, KL estimates."""
+"""The objectives: PPO's terms for one minibatch (clipped surrogate, value loss, entropy, KL
+estimates) and A3G's actor-critic loss of one rollout."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ppo_losses", "value_loss"]
+__all__ = ["a3g_loss", "ppo_losses", "value_loss"]
 
 
 def value_loss(values: Tensor, returns: Tensor, kind: str) -> Tensor:
@@ -49,4 +50,33 @@ def ppo_losses(
         "approx_kl": approx_kl,
         "old_approx_kl": old_approx_kl,
         "clipfrac": clipfrac,
+    }
+
+
+def a3g_loss(
+    logits: Tensor,
+    values: Tensor,
+    actions: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    ent_coef: float,
+    vf_coef: float,
+) -> dict[str, Tensor]:
+    """The actor-critic loss of one rollout, summed over its T steps as in the seed (so its
+    learning rate carries over): ``-sum(log pi(a) * A) - c_H * sum(H) + c_V * sum(0.5 (R - V)^2)``.
+
+    Returns ``loss`` (to minimise) and per-step means for logging: ``policy`` (-log pi(a) * A),
+    ``value`` (0.5 squared error) and ``entropy``.
+    """
+    logp_all = F.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, actions.reshape(-1, 1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    policy = -(logp * advantages.detach())
+    value = 0.5 * (returns.detach() - values).square()
+    loss = policy.sum() - ent_coef * entropy.sum() + vf_coef * value.sum()
+    return {
+        "loss": loss,
+        "policy": policy.mean().detach(),
+        "value": value.mean().detach(),
+        "entropy": entropy.mean().detach(),
     }

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mario_rl.errors import one_line
 from mario_rl.io.checkpoint import snapshot_checkpoint
 from mario_rl.run.checkpoints import CheckpointSchedule
 
@@ -39,11 +40,6 @@ class EvalResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one line for a user-facing message: its type and first line of text."""
-    return f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
 
 
 def _eval_worker(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mario_rl.errors import NonFiniteError
 from mario_rl.run.logger import scalar
 
 __all__ = ["NonFiniteError", "SignalGuard", "check_finite"]
@@ -74,10 +75,6 @@ class SignalGuard:
         for s, old in self._old.items():
             signal.signal(s, old if old is not None else signal.SIG_DFL)
         self._old.clear()
-
-
-class NonFiniteError(FloatingPointError):
-    """A training metric became NaN or infinite; the run should stop without saving."""
 
 
 def _is_finite(v: Any) -> bool | None:

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from mario_rl.config.run import RunConfig
+from mario_rl.errors import NonFiniteError
 from mario_rl.parallel.collective import Collective
 from mario_rl.run.checkpoints import CheckpointSchedule
 from mario_rl.run.evaluator import EvalProcess
-from mario_rl.run.guards import NonFiniteError, SignalGuard, check_finite
+from mario_rl.run.guards import SignalGuard, check_finite
 from mario_rl.run.logger import Logger
 from mario_rl.run.progress import PhaseTimer, Progress
 from mario_rl.run.rundir import RunDir
