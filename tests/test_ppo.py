@@ -14,7 +14,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fake_env import FakeVectorEnv, GroupedFakeVectorEnv
-from mario_rl.algos.ppo import PPO, measure_learn_speed
+from mario_rl.algos.ppo import PPO
+from mario_rl.bench import measure_learn_speed
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.rl.advantages import discounted_running_returns, gae

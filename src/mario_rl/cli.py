@@ -383,14 +383,14 @@ def _stage_spec(text: str | None) -> str | None:
 
 def _load_policy(path: str, sample: bool):
     """The checkpoint's policy, or a one-line UsageError saying why it cannot be used."""
-    import torch
 
+    from .devices import set_threads
     from .evaluation.policy import load_policy
     from .io.checkpoint import CheckpointError
 
     # Batched inference of a few frames: one torch thread beats OpenMP threads that wait on
     # cores the emulator threads (or a training run) keep busy.
-    torch.set_num_threads(1)
+    set_threads(1)
     try:
         return load_policy(path, deterministic=not sample)
     except CheckpointError as e:

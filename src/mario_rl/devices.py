@@ -1,13 +1,14 @@
-"""Torch devices: checking, before any file is written, that the requested ones exist here, and
-which one an A3G worker uses."""
+"""Torch devices and threads: checking, before any file is written, that the requested devices
+exist here, which one an A3G worker uses, and torch's intra-op thread count."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["check_device", "check_devices", "device_of"]
+__all__ = ["check_device", "check_devices", "device_of", "set_threads", "torch_threads"]
 
 
 def check_device(device: str) -> None:
@@ -61,3 +62,23 @@ def check_devices(gpu_ids: Sequence[int]) -> None:
         raise ValueError(
             f"--gpu-ids: GPU {gpus[-1]} does not exist; this machine has {n} (0..{n - 1})"
         )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Use ``n`` torch intra-op threads inside the block (0 = leave as is)."""
+    old = torch.get_num_threads()
+    if n and n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n and n != old:
+            torch.set_num_threads(old)
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` torch intra-op threads in the calling OS thread from now on (0 = leave as is)."""
+    # torch's thread count is per OS thread under OpenMP: set it in the collector thread itself.
+    if n:
+        torch.set_num_threads(n)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from mario_rl.algos.a3g_stages import curriculum_selection
 from mario_rl.algos.shared_optim import make_optimizer
 from mario_rl.config.a3g import A3GConfig
-from mario_rl.devices import device_of
+from mario_rl.devices import device_of, set_threads
 from mario_rl.envs import EnvConfig, MarioVectorEnv
 from mario_rl.envs.stages import STAGES, StageSelection
 from mario_rl.errors import NonFiniteError, one_line
@@ -344,7 +344,7 @@ def worker_main(
     """
     # The terminal's Ctrl-C reaches the whole process group; the main process decides when we stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
+    set_threads(1)
     worker: Worker | None = None
     try:
         device = device_of(rank, cfg.gpu_ids)

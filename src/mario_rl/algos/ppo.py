@@ -15,13 +15,11 @@ a JSON-able dict, nothing pickled.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mario_rl.algos.rollout import GroupPart, Rollout
 from mario_rl.config.ppo import PPOConfig
+from mario_rl.devices import set_threads, torch_threads
 from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, RNDModel, build_model
@@ -44,86 +44,9 @@ CHECKPOINT_FORMAT = "mario-rl/ppo-trainer"
 CHECKPOINT_VERSION = 1
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Use ``n`` torch intra-op threads inside the block (0 = leave as is)."""
-    old = torch.get_num_threads()
-    if n and n != old:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n and n != old:
-            torch.set_num_threads(old)
-
-
 def _collect_key(k: int) -> str:
     """Checkpoint key of env group k's action-sampling stream (group 0's predates groups)."""
     return f"rng.collect_generator.{k}" if k else "rng.collect_generator"
-
-
-# -- storage -------------------------------------------------------------------------------------
-@dataclass
-class _GroupPart:
-    """What one env group's collection loop hands back besides the buffer columns it filled."""
-
-    episodes: list[dict[str, Any]] = field(default_factory=list)
-    components: dict[str, np.ndarray] = field(default_factory=dict)
-    state: LSTMState | None = None
-    t_env: float = 0.0
-    t_inf: float = 0.0
-    t_store: float = 0.0
-
-
-class Rollout:
-    """Preallocated storage for one rollout of T steps x N envs (plus what GAE needs).
-
-    Observations are uint8; with ``channels_last`` they are stored NHWC so that minibatch gathers
-    come out channels_last (the fast conv layout on CPU) with no copy. ``obs`` is always the
-    logical (T, N, C, H, W) view.
-    """
-
-    def __init__(self, cfg: PPOConfig, obs_shape: tuple[int, ...], device: torch.device):
-        t, n = cfg.rollout_steps, cfg.num_envs
-        c, h, w = obs_shape
-        if cfg.channels_last:
-            self.obs_store = torch.zeros((t, n, h, w, c), dtype=torch.uint8, device=device)
-            self.obs = self.obs_store.permute(0, 1, 4, 2, 3)
-        else:
-            self.obs_store = torch.zeros((t, n, c, h, w), dtype=torch.uint8, device=device)
-            self.obs = self.obs_store
-        z = lambda dtype=torch.float32: torch.zeros((t, n), dtype=dtype, device=device)  # noqa: E731
-        self.actions = z(torch.int64)
-        self.logprobs = z()
-        self.rewards = z()
-        self.values = z()
-        self.next_values = z()
-        """V of the observation that followed each step in the same episode (GAE's bootstrap)."""
-        self.terminations = z(torch.bool)
-        self.dones = z(torch.bool)
-        self.starts = z(torch.bool)
-        """obs[t] is the first observation of an episode (the LSTM resets there)."""
-        self.advantages = z()
-        self.returns = z()
-        if cfg.algo == "ppo-rnd":
-            self.next_frames = torch.zeros((t, n, h, w), dtype=torch.uint8, device=device)
-            self.values_int = z()
-            self.last_value_int = torch.zeros(n, device=device)
-            self.rewards_int = z()
-            self.returns_int = z()
-        if cfg.algo == "ppo-lstm":
-            s, hs = t // cfg.bptt_len, cfg.lstm_hidden
-            # LSTM state at the start of each bptt_len sequence, before that step's reset mask.
-            self.seq_h = torch.zeros((s, n, hs), device=device)
-            self.seq_c = torch.zeros((s, n, hs), device=device)
-            if cfg.lstm_penalty > 0:
-                self.step_h = torch.zeros((t, n, hs), device=device)
-                self.step_c = torch.zeros((t, n, hs), device=device)
-        self.episodes: list[dict[str, Any]] = []
-        self.components: dict[str, np.ndarray] = {}
-        self.times: dict[str, float] = {}
-        self.first_step = 0
-        """global_step at the start of this rollout (for episode records)."""
 
 
 # -- the trainer ---------------------------------------------------------------------------------
@@ -154,8 +77,7 @@ class PPO:
     ):
         config.validate()
         self.cfg = cfg = config
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        set_threads(cfg.torch_threads)
         self.device = torch.device(cfg.device)
         self.envs = envs
         if envs is not None:
@@ -226,7 +148,7 @@ class PPO:
             self._actor = copy.deepcopy(self.model)
             threads = cfg.collect_threads or cfg.torch_threads
             self._pool = ThreadPoolExecutor(
-                1, thread_name_prefix="ppo-collect", initializer=_set_threads, initargs=(threads,)
+                1, thread_name_prefix="ppo-collect", initializer=set_threads, initargs=(threads,)
             )
         if envs is not None:
             self.reset_envs(cfg.seed)
@@ -418,11 +340,11 @@ class PPO:
         r: range,
         step: Callable[[np.ndarray], tuple],
         k: int,
-    ) -> _GroupPart:
+    ) -> GroupPart:
         """``rollout_steps`` act-step rounds of the envs ``r`` (any thread; the envs of ``r``
         and their columns of ``buf`` belong to this call alone)."""
         cfg = self.cfg
-        part = _GroupPart()
+        part = GroupPart()
         gen = self.collect_gens[k]
         cols = slice(r.start, r.stop)
         state = None
@@ -870,69 +792,3 @@ class PPO:
             self.next_start.copy_(tensors["env.next_start"])
             if self.lstm_state is not None:
                 self.lstm_state = (tensors["env.lstm_h"].clone(), tensors["env.lstm_c"].clone())
-
-
-def _set_threads(n: int) -> None:
-    # torch's thread count is per OS thread under OpenMP: set it in the collector thread itself.
-    if n:
-        torch.set_num_threads(n)
-
-
-# -- speed measurement ---------------------------------------------------------------------------
-def measure_learn_speed(
-    network: str = "small",
-    algo: str = "ppo",
-    threads: int = 2,
-    num_envs: int = 8,
-    rollout_steps: int = 512,
-    minibatch_size: int = 256,
-    epochs: int = 1,
-    obs_shape: tuple[int, int, int] = (4, 84, 84),
-    n_actions: int = 7,
-    channels_last: bool = True,
-    repeats: int = 2,
-) -> dict[str, float]:
-    """Time the real learn() (forward + backward + Adam) on a random rollout, and batch-``num_envs``
-    inference. Returns best-of-``repeats`` numbers: learn samples/s, inference ms per env step,
-    and the parameter count. Uses ``threads`` torch threads (restored afterwards)."""
-    old_threads = torch.get_num_threads()
-    cfg = PPOConfig(
-        algo=algo,  # type: ignore[arg-type]
-        network=network,  # type: ignore[arg-type]
-        num_envs=num_envs,
-        rollout_steps=rollout_steps,
-        minibatch_size=minibatch_size,
-        epochs=epochs,
-        torch_threads=threads,
-        channels_last=channels_last,
-    )
-    try:
-        ppo = PPO(cfg, obs_shape=obs_shape, n_actions=n_actions)
-        ppo.fill_random_rollout()
-        ppo.learn()  # warm-up (allocator, oneDNN primitive cache)
-        best = 0.0
-        for _ in range(repeats):
-            ppo.fill_random_rollout()
-            t0 = time.perf_counter()
-            ppo.learn()
-            best = max(best, cfg.batch_size * cfg.epochs / (time.perf_counter() - t0))
-        x = ppo.rollout.obs[0]
-        state = ppo.model.initial_state(num_envs)
-        starts = torch.zeros(num_envs, dtype=torch.bool)
-        with torch.inference_mode(), torch_threads(cfg.collect_threads):
-            for _ in range(10):
-                ppo.model(x, state, starts)
-            best_inf = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(50):
-                    out = ppo.model(x, state, starts)
-                    sample_actions(out.logits, ppo.gen)
-                best_inf = min(best_inf, (time.perf_counter() - t0) / 50)
-        return {
-            "learn_samples_per_s": best,
-            "inference_ms_per_step": best_inf * 1e3,
-            "params": float(sum(p.numel() for p in ppo.model.parameters())),
-        }
-    finally:
-        torch.set_num_threads(old_threads)

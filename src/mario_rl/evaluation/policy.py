@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import set_threads
 from ..envs import EnvConfig, action_meanings
 from ..io.checkpoint import CheckpointError, load_checkpoint, strip_prefix
 from ..models import ActorCritic, ModelSpec
@@ -101,7 +102,7 @@ def evaluate_checkpoint(
     Returns ``flag_rate`` and ``mean_x`` over all episodes, plus ``stage/<W-S>/clear_rate`` and
     ``stage/<W-S>/mean_x``, and ``stages_cleared`` (stages with a clear rate of 1).
     """
-    torch.set_num_threads(max(1, torch_threads))
+    set_threads(max(1, torch_threads))
     policy: Policy = load_policy(checkpoint, deterministic=not sample)
     env_config = policy.env_config
     if noop_max is not None:
