@@ -259,7 +259,7 @@ class Worker:
             next_values = torch.where(truncated, ro.next_values, boot)
             adv, returns = a3g_targets(
                 ro.rewards, values.detach(), next_values, ro.terminations, ro.dones,
-                cfg.gamma, cfg.gae_lambda,
+                gamma=cfg.gamma, lam=cfg.gae_lambda,
             )  # fmt: skip
         terms = a3g_loss(logits, values, ro.actions, adv, returns, cfg.ent_coef, cfg.vf_coef)
         # Checked before anything reaches the shared model: one NaN gradient pushed there would

@@ -50,23 +50,16 @@ def discounted_running_returns(
     return out, running
 
 
-def a3g_targets(
-    rewards: Tensor,
-    values: Tensor,
-    next_values: Tensor,
-    terminations: Tensor,
-    dones: Tensor,
-    gamma: float,
-    lam: float,
-) -> tuple[Tensor, Tensor]:
+def a3g_targets(*rollout: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """(GAE(lambda) advantages, n-step bootstrapped returns) of a (T,) rollout, as the seed takes
     them: the policy follows the advantages, the value is regressed on the returns (lambda 1).
 
+    ``rollout`` is :func:`gae`'s (rewards, values, next_values, terminations, dones), each (T,).
     ``next_values[t]`` is V of the observation after step t in the same episode (see
     :func:`mario_rl.rl.advantages.gae`); terminations cut the bootstrap, dones cut the chain.
     """
     col = lambda x: x.reshape(-1, 1)  # noqa: E731  (gae works on (T, N))
-    args = (col(rewards), col(values), col(next_values), col(terminations), col(dones))
+    args = tuple(col(x) for x in rollout)
     adv, _ = gae(*args, gamma, lam)
     _, returns = gae(*args, gamma, 1.0)
     return adv.reshape(-1), returns.reshape(-1)
