@@ -355,7 +355,9 @@ class _A3GSteps:
             return Step(
                 failure=Failure(f"worker {rank} failed", f"A3G worker {rank} failed: {summary}")
             )
-        if len(stats.exited) == self.cfg.workers or not self.a3g.alive():
+        # Workers exit on their own once the budget is reached: only earlier is that a failure.
+        done = self.a3g.global_step >= self.cfg.total_steps
+        if not done and (len(stats.exited) == self.cfg.workers or not self.a3g.alive()):
             return Step(failure=Failure("every worker exited", "every A3G worker exited early"))
         now = time.perf_counter()
         row = None
