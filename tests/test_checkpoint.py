@@ -1,4 +1,4 @@
-"""Tests for mario_rl.checkpoint: round trips, atomicity under SIGKILL, refusal of unsafe input."""
+"""Tests for mario_rl.io (checkpoint format, state codec) and run.checkpoints (retention): round trips, atomicity under SIGKILL, refusal of unsafe input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data-parallel PPO under torchrun (mario_rl.distributed), on the CPU with gloo.
+"""Data-parallel PPO under torchrun (mario_rl.parallel.distributed), on the CPU with gloo.
 
 * Two ranks run the real PPO.learn (and RND's intrinsic-reward step) on fixed synthetic batches,
   each rank its half; after every update both ranks' parameters and statistics must be identical

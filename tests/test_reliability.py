@@ -31,12 +31,12 @@ from mario_rl.algos.ppo import PPO
 from mario_rl.cli import main
 from mario_rl.config import RunConfig
 from mario_rl.config.a3g import A3GConfig
+from mario_rl.config.jobs import A3GJob, TrainJob
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.envs import EnvConfig, action_meanings
 from mario_rl.io.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.run import checkpoints as ckpt_mod
 from mario_rl.run.checkpoints import latest_checkpoint
-from mario_rl.training import A3GJob, TrainJob
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HANG_S = 300.0

@@ -209,8 +209,8 @@ def _flag(name: str) -> str:
 def train_job(ns: argparse.Namespace, command: str = ""):
     """The TrainJob (A3GJob for --algo a3g) from defaults, then the preset, then the flags given."""
     from .config import RunConfig, load_preset, preset_sections
+    from .config.jobs import TrainJob
     from .config.ppo import PPOConfig
-    from .training import TrainJob
 
     env = EnvConfig()
     ppo = PPOConfig()
@@ -243,19 +243,19 @@ def train_job(ns: argparse.Namespace, command: str = ""):
     cliargs.apply(ppo, ppo_flags, "algorithm")
     cliargs.apply(run, cliargs.given(ns, "run"), "run")
     env = env_config(ns, env)
-    ppo.validate()
-    run.validate()
-    workers = ns.workers if ns.workers is not None else min(2, ppo.num_envs)
-    if workers > ppo.num_envs:
-        raise UsageError(f"--workers ({workers}) cannot exceed --envs ({ppo.num_envs})")
-    return TrainJob(env, ppo, run, workers, command)
+    job = TrainJob(env, ppo, run, 2, command)
+    job.validate()
+    job.workers = ns.workers if ns.workers is not None else min(2, ppo.num_envs)
+    if job.workers > ppo.num_envs:
+        raise UsageError(f"--workers ({job.workers}) cannot exceed --envs ({ppo.num_envs})")
+    return job
 
 
 def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
     """The A3GJob: A3G defaults, then the preset's [a3g] table, then the flags given."""
     from .config import RunConfig, preset_sections
     from .config.a3g import A3GConfig
-    from .training import A3GJob
+    from .config.jobs import A3GJob
 
     env, a3g, run = EnvConfig(), A3GConfig(), RunConfig()
     if ns.preset:
@@ -295,10 +295,9 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
         raise UsageError(
             "--train-stages gives each worker its own stage (rank r plays stage r); drop --stages"
         )
-    env = env_config(ns, env)
-    a3g.validate()
-    run.validate()
-    return A3GJob(env, a3g, run, command)
+    job = A3GJob(env_config(ns, env), a3g, run, command)
+    job.validate()
+    return job
 
 
 def _stage_list(stages: str) -> tuple[str, ...]:
@@ -308,9 +307,10 @@ def _stage_list(stages: str) -> tuple[str, ...]:
 
 
 def _train(ns: argparse.Namespace) -> int:
+    from .config.jobs import A3GJob
     from .parallel import distributed
     from .parallel.collective import LOCAL
-    from .training import A3GJob, train, train_a3g
+    from .training import train, train_a3g
 
     job = train_job(ns, "mario-rl " + " ".join(sys.argv[1:]))
     given_total = cliargs.given(ns, "ppo").get("total_steps")
@@ -326,14 +326,12 @@ def _train(ns: argparse.Namespace) -> int:
 
 def _bench_train(ns: argparse.Namespace) -> int:
     from .bench import bench_a3g, bench_train
-    from .training import A3GJob
+    from .config.jobs import A3GJob
 
     job = train_job(ns)
     if isinstance(job, A3GJob):
         from .devices import check_devices
 
-        job.env.validate()
-        job.a3g.validate()
         check_devices(job.a3g.gpu_ids)
         return _report(bench_a3g(job, seconds=ns.seconds), ns.json)
     return _report(bench_train(job, seconds=ns.seconds), ns.json)

@@ -10,7 +10,6 @@ the stop decision live once, in :mod:`mario_rl.run`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 import time
 import traceback
@@ -21,11 +20,10 @@ from typing import IO, Any
 
 from .algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, NonFiniteMsg, UpdateMsg, WorkerMessage
 from .algos.ppo import PPO
-from .config import RunConfig
 from .config.a3g import A3GConfig
-from .config.ppo import PPOConfig
+from .config.jobs import A3GJob, TrainJob
 from .devices import check_device
-from .envs import EnvConfig, make_vector_env, parse_stages
+from .envs import make_vector_env, parse_stages
 from .errors import one_line
 from .io.checkpoint import load_checkpoint
 from .parallel.collective import LOCAL, Collective
@@ -34,79 +32,6 @@ from .run.loop import Failure, RunStats, Step, Trainer, run_loop
 from .run.progress import PhaseTimer
 from .run.rundir import RunDir
 from .seeding import resume_seed
-
-
-@dataclasses.dataclass
-class TrainJob:
-    """Everything a PPO-family run is made of."""
-
-    env: EnvConfig
-    ppo: PPOConfig
-    run: RunConfig
-    workers: int = 2
-    """Env threads stepping the emulators."""
-    command: str = ""
-
-    @property
-    def algo(self) -> str:
-        return self.ppo.algo
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able record (config.json and checkpoints)."""
-        return {
-            "algo": self.ppo.algo,
-            "command": self.command,
-            "workers": self.workers,
-            "env": self.env.to_dict(),
-            "ppo": self.ppo.to_dict(),
-            "run": dataclasses.asdict(self.run),
-        }
-
-
-@dataclasses.dataclass
-class A3GJob:
-    """Everything an A3G run is made of."""
-
-    env: EnvConfig
-    a3g: A3GConfig
-    run: RunConfig
-    command: str = ""
-
-    @property
-    def algo(self) -> str:
-        return "a3g"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able record (config.json and checkpoints)."""
-        return {
-            "algo": "a3g",
-            "command": self.command,
-            "env": self.env.to_dict(),
-            "a3g": self.a3g.to_dict(),
-            "run": dataclasses.asdict(self.run),
-        }
-
-
-def _resume_job(job: Any, run: RunDir, total_steps: int | None) -> Any:
-    """The saved job of a run being resumed (a new --total-steps may extend it)."""
-    saved = run.saved_config()
-    if saved.get("algo", "ppo") != job.algo and "a3g" in (saved.get("algo"), job.algo):
-        raise ValueError(
-            f"{run.path} is a {saved.get('algo')!r} run; resume it with --algo {saved.get('algo')}"
-        )
-    env = EnvConfig.from_dict(saved["env"])
-    runc = dataclasses.replace(
-        job.run, **{k: v for k, v in saved["run"].items() if k not in ("resume", "run_dir")}
-    )
-    if isinstance(job, A3GJob):
-        a3g = A3GConfig.from_dict(saved["a3g"])
-        if total_steps is not None:
-            a3g.total_steps = total_steps
-        return A3GJob(env, a3g, runc, job.command)
-    ppo = PPOConfig.from_dict(saved["ppo"])
-    if total_steps is not None:
-        ppo.total_steps = total_steps
-    return TrainJob(env, ppo, runc, int(saved.get("workers", job.workers)), job.command)
 
 
 def _open_run(job: Any, total_steps_given: int | None) -> tuple[RunDir, Any, Path | None]:
@@ -120,7 +45,7 @@ def _open_run(job: Any, total_steps_given: int | None) -> tuple[RunDir, Any, Pat
     )
     latest = None
     if job.run.resume:
-        job = _resume_job(job, run, total_steps_given)
+        job = job.resumed(run.path, run.saved_config(), total_steps_given)
         latest = run.latest_checkpoint()
     return run, job, latest
 
@@ -196,14 +121,10 @@ def train(
     Under torchrun (``collective`` a :class:`mario_rl.parallel.distributed.Distributed`) this is
     one data-parallel rank: rank 0 alone opens the run directory, logs, evaluates and
     checkpoints; the others train with its job and checkpoint."""
-    job.env.validate()
-    job.ppo.validate()
-    job.run.validate()
-    parse_stages(job.env.stages)
+    job.validate()
     check_device(job.ppo.device)  # before the run directory exists
     kept, (job, checkpoint) = collective.from_main(lambda: _open_and_load(job, total_steps_given))
     run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
-    job.ppo.validate()
     cfg = collective.rank_config(job.ppo)
 
     envs = make_vector_env(job.env, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
@@ -401,9 +322,7 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] = 
     from .algos.a3g_stages import plan_workers, train_stages_spec, train_stages_warning
     from .devices import check_devices
 
-    job.env.validate()
-    job.a3g.validate()
-    job.run.validate()
+    job.validate()
     if job.a3g.train_stages:
         # The workers' stages are set per rank; the record and the evaluations use what they cover.
         job.env.stages = train_stages_spec(job.a3g.workers)
@@ -411,7 +330,6 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] = 
     check_devices(job.a3g.gpu_ids)
     plan_workers(job.a3g, job.env.stages)  # refuse a curriculum with no worker before any file
     run, job, latest = _open_run(job, total_steps_given)
-    job.a3g.validate()
     cfg = job.a3g
     warning = train_stages_warning(cfg.workers, cfg.train_stages)
     if warning:

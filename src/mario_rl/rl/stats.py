@@ -53,7 +53,7 @@ class RunningMeanStd(nn.Module):
     def update_from_moments(
         self, batch_mean: Tensor, batch_var: Tensor, n: int | float | Tensor
     ) -> None:
-        """Fold a batch given by its mean, population variance and size (mario_rl.distributed
+        """Fold a batch given by its mean, population variance and size (mario_rl.parallel.distributed
         passes the moments of every rank's batch together)."""
         delta = batch_mean - self.mean
         total = self.count + n
