@@ -17,17 +17,32 @@ from mario_rl.envs import EnvConfig, parse_stages
 __all__ = ["A3GJob", "TrainJob"]
 
 
-def _check_algo(path: str | os.PathLike[str], saved: Mapping[str, Any], algo: str) -> None:
+def _validate(env: EnvConfig, algo: PPOConfig | A3GConfig, run: RunConfig) -> None:
+    env.validate()
+    algo.validate()
+    run.validate()
+    parse_stages(env.stages)
+
+
+def _saved(
+    path: str | os.PathLike[str],
+    saved: Mapping[str, Any],
+    algo: str,
+    cls: type[PPOConfig] | type[A3GConfig],
+    rc: RunConfig,
+    total_steps: int | None,
+) -> tuple[EnvConfig, Any, RunConfig]:
+    """(env, algorithm, run) configs of the job a run directory recorded in ``saved``."""
     if saved.get("algo", "ppo") != algo and "a3g" in (saved.get("algo"), algo):
         raise ValueError(
             f"{path} is a {saved.get('algo')!r} run; resume it with --algo {saved.get('algo')}"
         )
-
-
-def _saved_run(rc: RunConfig, saved: Mapping[str, Any]) -> RunConfig:
+    cfg = cls.from_dict(saved["a3g" if algo == "a3g" else "ppo"])
+    if total_steps is not None:
+        cfg.total_steps = total_steps
     # Where the run lives and that it resumes come from this command; the rest from the record.
     kept = {k: v for k, v in saved["run"].items() if k not in ("resume", "run_dir")}
-    return dataclasses.replace(rc, **kept)
+    return EnvConfig.from_dict(saved["env"]), cfg, dataclasses.replace(rc, **kept)
 
 
 @dataclasses.dataclass
@@ -47,21 +62,14 @@ class TrainJob:
 
     def validate(self) -> None:
         """ValueError (one line) on a bad option of any part."""
-        self.env.validate()
-        self.ppo.validate()
-        self.run.validate()
-        parse_stages(self.env.stages)
+        _validate(self.env, self.ppo, self.run)
 
     def resumed(
         self, path: str | os.PathLike[str], saved: Mapping[str, Any], total_steps: int | None
     ) -> TrainJob:
         """The job recorded in run directory ``path`` (a new ``total_steps`` may extend it)."""
-        _check_algo(path, saved, self.algo)
-        ppo = PPOConfig.from_dict(saved["ppo"])
-        if total_steps is not None:
-            ppo.total_steps = total_steps
-        env, workers = EnvConfig.from_dict(saved["env"]), int(saved.get("workers", self.workers))
-        job = TrainJob(env, ppo, _saved_run(self.run, saved), workers, self.command)
+        env, ppo, run = _saved(path, saved, self.algo, PPOConfig, self.run, total_steps)
+        job = TrainJob(env, ppo, run, int(saved.get("workers", self.workers)), self.command)
         job.validate()
         return job
 
@@ -92,21 +100,14 @@ class A3GJob:
 
     def validate(self) -> None:
         """ValueError (one line) on a bad option of any part."""
-        self.env.validate()
-        self.a3g.validate()
-        self.run.validate()
-        parse_stages(self.env.stages)
+        _validate(self.env, self.a3g, self.run)
 
     def resumed(
         self, path: str | os.PathLike[str], saved: Mapping[str, Any], total_steps: int | None
     ) -> A3GJob:
         """The job recorded in run directory ``path`` (a new ``total_steps`` may extend it)."""
-        _check_algo(path, saved, self.algo)
-        a3g = A3GConfig.from_dict(saved["a3g"])
-        if total_steps is not None:
-            a3g.total_steps = total_steps
         job = A3GJob(
-            EnvConfig.from_dict(saved["env"]), a3g, _saved_run(self.run, saved), self.command
+            *_saved(path, saved, self.algo, A3GConfig, self.run, total_steps), self.command
         )
         job.validate()
         return job
