@@ -56,7 +56,7 @@ def _open_and_load(job: Any, total_steps_given: int | None) -> tuple[tuple, tupl
     return (run, latest), (job, load_checkpoint(latest) if latest is not None else None)
 
 
-def _resumed(run: RunDir | None, latest: Path | None, step: int, out: IO[str]) -> None:
+def _resumed(run: RunDir | None, latest: Path | None, step: int, out: IO[str] | None) -> None:
     if run is not None and latest is not None:
         print(f"resumed {run.path} from {latest.name} at step {step}", file=out)
 
@@ -113,7 +113,7 @@ class _PPOSteps:
 def train(
     job: TrainJob,
     total_steps_given: int | None = None,
-    out: IO[str] = sys.stdout,
+    out: IO[str] | None = None,
     collective: Collective = LOCAL,
 ) -> int:
     """Run (or resume) a PPO-family training job; returns the process exit code.
@@ -156,7 +156,7 @@ def _run(
     title: str,
     timer: PhaseTimer,
     collective: Collective,
-    out: IO[str],
+    out: IO[str] | None,
 ) -> int:
     """Hand a built trainer of ``job`` to the one loop."""
     return run_loop(
@@ -316,7 +316,7 @@ class _A3GSteps:
         return self.a3g.state_dict()
 
 
-def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] = sys.stdout) -> int:
+def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | None = None) -> int:
     """Run (or resume) an A3G job; returns the process exit code."""
     from .algos.a3g import A3G
     from .algos.a3g_stages import plan_workers, train_stages_spec, train_stages_warning

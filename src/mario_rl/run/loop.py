@@ -242,14 +242,17 @@ def run_loop(
     title: str,
     timer: PhaseTimer,
     collective: Collective,
-    out: IO[str] = sys.stdout,
+    out: IO[str] | None = None,
 ) -> int:
     """Train until done; returns the process exit code (0, or 1 after a failure).
 
     ``run`` is None on ranks other than 0 (they own nothing on disk).
     """
+    # sys.stdout is looked up now, not when this module was imported (tests swap it per test).
     if run is None:
         out = open(os.devnull, "w")  # noqa: SIM115 - the process ends with the run
+    elif out is None:
+        out = sys.stdout
 
     def make_state() -> State:
         tensors, meta = trainer.state_dict()
