@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mario_rl.checkpoint import save_checkpoint
 from mario_rl.envs import EnvConfig, action_meanings
+from mario_rl.io.checkpoint import save_checkpoint
 from mario_rl.models import ActorCritic, ModelSpec
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mario_rl.algos import a3g
+from mario_rl.algos import a3g_worker as a3g
 
 
 def _armed() -> bool:

@@ -19,33 +19,32 @@ import torch
 import torch.multiprocessing as mp
 
 from fake_env import FakeVectorEnv
-from mario_rl.algos.a3g import (
-    A3G,
+from mario_rl.algos.a3g import A3G
+from mario_rl.algos.a3g_stages import (
     Curriculum,
-    Worker,
-    a3g_loss,
-    a3g_targets,
     assign_stages,
     curriculum_selection,
-    device_of,
     plan_workers,
-    push_gradients,
     train_stages_spec,
     train_stages_warning,
     untrained_stages,
 )
+from mario_rl.algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, Worker, push_gradients
 from mario_rl.algos.shared_optim import SharedAdam, SharedRMSprop, make_optimizer, state_is_shared
-from mario_rl.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.cli import main
 from mario_rl.config.a3g import A3GConfig
+from mario_rl.devices import device_of
 from mario_rl.envs import STAGES, EnvConfig, MarioVectorEnv, parse_stages
+from mario_rl.io.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.models import ActorCritic, ModelSpec
+from mario_rl.rl.advantages import a3g_targets
+from mario_rl.rl.losses import a3g_loss
 
 TINY_SPEC = ModelSpec("small", (1, 36, 36), 3, recurrent=True, hidden_size=16)
 
 
 def tiny_cfg(**kw) -> A3GConfig:
-    base = dict(num_steps=8, lstm_hidden=16, total_steps=1000, seed=3, workers=2)
+    base = dict(rollout_steps=8, lstm_hidden=16, total_steps=1000, seed=3, workers=2)
     return A3GConfig(**(base | kw))
 
 
@@ -94,7 +93,7 @@ def test_loss_hand_computed() -> None:
     actions = torch.tensor([1, 0])
     adv = torch.tensor([2.0, -1.0])
     ret = torch.tensor([3.0, 1.0])
-    terms = a3g_loss(logits, values, actions, adv, ret, entropy_coef=0.1, value_coef=0.5)
+    terms = a3g_loss(logits, values, actions, adv, ret, ent_coef=0.1, vf_coef=0.5)
     # pi0 = (1/4, 3/4), a=1: log(3/4); pi1 = (1/2, 1/2), a=0: log(1/2)
     policy = -(math.log(0.75) * 2.0) - (math.log(0.5) * -1.0)
     h0 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
@@ -106,7 +105,7 @@ def test_loss_hand_computed() -> None:
     assert float(terms["value"]) == pytest.approx(value / 2, rel=1e-5)
     assert float(terms["entropy"]) == pytest.approx((h0 + h1) / 2, rel=1e-5)
     terms["loss"].backward()
-    # dL/dV = -value_coef * (R - V) per step; advantages and returns carry no gradient.
+    # dL/dV = -vf_coef * (R - V) per step; advantages and returns carry no gradient.
     torch.testing.assert_close(values.grad, torch.tensor([-1.0, 0.5]))
 
 
@@ -126,7 +125,7 @@ def _right_only_worker(cfg: A3GConfig, env_cfg: EnvConfig) -> Worker:
 
 
 def test_rollout_carries_the_shaped_reward() -> None:
-    cfg = tiny_cfg(num_steps=20)
+    cfg = tiny_cfg(rollout_steps=20)
     worker = _right_only_worker(cfg, EnvConfig(stages="1-1", actions="right-only", noop_max=0))
     try:
         ro = worker.rollout()
@@ -142,7 +141,7 @@ def test_rollout_carries_the_shaped_reward() -> None:
 
 
 def test_episode_state_is_reset_between_episodes() -> None:
-    cfg = tiny_cfg(num_steps=20)
+    cfg = tiny_cfg(rollout_steps=20)
     worker = _right_only_worker(cfg, EnvConfig(stages="1-1", actions="right-only", noop_max=0))
     try:
         rollouts = [worker.rollout() for _ in range(4)]
@@ -254,7 +253,7 @@ def test_non_shared_optimizer_has_private_state() -> None:
 
 # -- gradients reach the shared model ---------------------------------------------------------
 def _fake_worker(device: str, optimizer_cls=torch.optim.SGD) -> tuple[Worker, ActorCritic]:
-    cfg = tiny_cfg(num_steps=6, max_grad_norm=0.0, lr=0.5)
+    cfg = tiny_cfg(rollout_steps=6, max_grad_norm=0.0, lr=0.5)
     shared = ActorCritic(ModelSpec("small", (4, 84, 84), 3, recurrent=True, hidden_size=16))
     shared.share_memory()
     opt = optimizer_cls(shared.parameters(), lr=0.5)
@@ -349,7 +348,7 @@ def test_curriculum_weights_move_toward_failed_stages() -> None:
     # The main process folds worker episodes in and republishes.
     a3g = A3G(tiny_cfg(curriculum=True, workers=1), EnvConfig(stages="1-1,1-2"))
     for _ in range(25):
-        a3g.record([("episode", 0, {"start_stage": "1-2", "flag": True})])
+        a3g.record([EpisodeMsg(0, {"start_stage": "1-2", "flag": True})])
     arr = list(a3g.stage_weights)
     assert arr[STAGES.index("1-1")] > 3 * arr[STAGES.index("1-2")] > 0
     # A curriculum worker points its env's next reset at those weights.
@@ -409,9 +408,9 @@ def test_no_shared_optimizer_worker_trains_the_shared_model() -> None:
     import os
     import queue
 
-    from mario_rl.algos.a3g import worker_main
+    from mario_rl.algos.a3g_worker import worker_main
 
-    cfg = tiny_cfg(shared_optimizer=False, total_steps=16, num_steps=8, workers=1)
+    cfg = tiny_cfg(shared_optimizer=False, total_steps=16, rollout_steps=8, workers=1)
     a3g = A3G(cfg, EnvConfig(stages="1-1"))
     assert a3g.optimizer is None
     before = [p.detach().clone() for p in a3g.model.parameters()]
@@ -428,9 +427,10 @@ def test_no_shared_optimizer_worker_trains_the_shared_model() -> None:
     got = []
     while not messages.empty():
         got.append(messages.get())
-    assert not [m for m in got if m[0] == "error"], got
-    assert [m[0] for m in got if m[0] != "episode"] == ["update", "update", "exit"]
-    assert a3g.global_step == 16 and got[-1] == ("exit", 0, 16)
+    assert not [m for m in got if isinstance(m, ErrorMsg)], got
+    kinds = [type(m).__name__ for m in got if not isinstance(m, EpisodeMsg)]
+    assert kinds == ["UpdateMsg", "UpdateMsg", "ExitMsg"]
+    assert a3g.global_step == 16 and got[-1] == ExitMsg(0, 16)
     assert all(not torch.equal(b, p) for b, p in zip(before, a3g.model.parameters(), strict=True))
     tensors, meta = a3g.state_dict()
     assert meta["optimizer"] is None and not any(k.startswith("optim.") for k in tensors)
@@ -446,7 +446,7 @@ def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 
 
 A3G_TINY = [
-    "train", "--algo", "a3g", "--workers", "2", "--num-steps", "20", "--lstm-hidden", "32",
+    "train", "--algo", "a3g", "--workers", "2", "--rollout-steps", "20", "--lstm-hidden", "32",
     "--log-interval-s", "0.5", "--ent-coef", "0.02",
 ]  # fmt: skip
 
@@ -468,7 +468,7 @@ def test_two_worker_smoke_run_and_eval(tmp_path: Path) -> None:
     final = run / "checkpoints" / "final"
     assert (final / "weights.safetensors").is_file()
     config = json.loads((run / "config.json").read_text())
-    assert config["algo"] == "a3g" and config["a3g"]["entropy_coef"] == 0.02
+    assert config["algo"] == "a3g" and config["a3g"]["ent_coef"] == 0.02
     meta = json.loads((final / "meta.json").read_text())
     assert meta["algo"] == "a3g" and meta["model_spec"]["recurrent"]
     assert meta["step"] >= 200 and meta["optimizer"] is not None
@@ -491,14 +491,15 @@ def test_two_worker_smoke_run_and_eval(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--algo", "a3g", "--rollout-steps", "64"], "PPO option"),
+        (["--algo", "a3g", "--minibatch-size", "64"], "PPO option"),
         (["--algo", "a3g", "--envs", "4"], "PPO option"),
-        (["--num-steps", "10"], "A3G option"),
+        (["--num-steps", "10"], "renamed --rollout-steps"),
         (["--algo", "ppo", "--curriculum"], "A3G option"),
         (["--algo", "a3g", "--optimizer", "sgd"], "optimizer"),
         (["--algo", "a3g", "--gpu-ids", "x"], "--gpu-ids"),
-        (["--algo", "a3g", "--num-steps", "0"], "positive"),
-        (["--algo", "a3g", "--ent-coef", "0.1", "--entropy-coef", "0.2"], "not both"),
+        (["--algo", "a3g", "--rollout-steps", "0"], "positive"),
+        (["--algo", "a3g", "--entropy-coef", "0.2"], "renamed --ent-coef"),
+        (["--algo", "ppo", "--value-coef", "0.2"], "renamed --vf-coef"),
         (["--algo", "a3g", "--amsgrad", "--optimizer", "rmsprop"], "amsgrad"),
         (["--algo", "a3g", "--curriculum"], "--curriculum"),
         (["--algo", "a3g", "--train-stages", "--stages", "1-2"], "drop --stages"),
@@ -525,18 +526,18 @@ def test_gpu_ids_without_cuda_is_refused(capsys, tmp_path, monkeypatch):
     assert not any(Path(tmp_path).iterdir())
 
 
-def test_both_spellings_of_the_coefficients() -> None:
+def test_one_name_per_knob_for_every_algorithm() -> None:
     from mario_rl.cli import build_parser, train_job
 
     def job(*args: str):
         return train_job(build_parser().parse_args(["train", *args]))
 
-    a = job("--algo", "a3g", "--entropy-coef", "0.03", "--vf-coef", "0.7", "--workers", "3")
-    assert (a.a3g.entropy_coef, a.a3g.value_coef, a.a3g.workers) == (0.03, 0.7, 3)
+    a = job("--algo", "a3g", "--ent-coef", "0.03", "--vf-coef", "0.7", "--workers", "3")
+    assert (a.a3g.ent_coef, a.a3g.vf_coef, a.a3g.workers) == (0.03, 0.7, 3)
     a = job("--algo", "a3g", "--gpu-ids", "-1", "0", "--no-shared-optimizer", "--lr", "3e-4")
     assert a.a3g.gpu_ids == [-1, 0] and not a.a3g.shared_optimizer and a.a3g.lr == 3e-4
     assert a.a3g.gamma == 0.99  # A3G's defaults, not PPO's
-    p = job("--algo", "ppo", "--entropy-coef", "0.03", "--value-coef", "0.7")
+    p = job("--algo", "ppo", "--ent-coef", "0.03", "--vf-coef", "0.7")
     assert (p.ppo.ent_coef, p.ppo.vf_coef) == (0.03, 0.7)
 
 
@@ -552,7 +553,7 @@ def test_bench_train_a3g_json():
     # The real worker processes run; steps are counted only after every worker's first update.
     r = subprocess.run(
         [sys.executable, "-m", "mario_rl", "bench", "train", "--algo", "a3g", "--workers", "2",
-         "--num-steps", "8", "--stages", "1-1", "--seconds", "4", "--json"],
+         "--rollout-steps", "8", "--stages", "1-1", "--seconds", "4", "--json"],
         capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -560,3 +561,10 @@ def test_bench_train_a3g_json():
     assert out["algo"] == "a3g" and out["workers"] == 2
     assert out["train_steps_per_s"] > 0 and out["env_steps_per_s"] > 0
     assert out["updates"] > 0 and set(out["shares"]) == {"env", "inference", "learn", "sync"}
+
+
+def test_records_written_before_the_knob_renames_still_load() -> None:
+    """An A3G run directory from before one name per knob (config.json with num_steps,
+    entropy_coef, value_coef) resumes with the values it was started with."""
+    cfg = A3GConfig.from_dict({"num_steps": 7, "entropy_coef": 0.02, "value_coef": 0.3})
+    assert (cfg.rollout_steps, cfg.ent_coef, cfg.vf_coef) == (7, 0.02, 0.3)

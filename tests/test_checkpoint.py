@@ -1,4 +1,4 @@
-"""Tests for mario_rl.checkpoint: round trips, atomicity under SIGKILL, refusal of unsafe input."""
+"""Tests for mario_rl.io (checkpoint format, state codec) and run.checkpoints (retention): round trips, atomicity under SIGKILL, refusal of unsafe input."""
 
 from __future__ import annotations
 
@@ -18,25 +18,28 @@ import numpy as np
 import pytest
 import torch
 
-from mario_rl import checkpoint as ck
-from mario_rl.checkpoint import (
+from mario_rl.io import checkpoint as ck
+from mario_rl.io import files
+from mario_rl.io.checkpoint import (
     CheckpointError,
-    capture_rng_state,
-    check_compatible,
-    clean_checkpoint_dir,
-    flatten_state,
-    keep_last,
-    latest_checkpoint,
     load_checkpoint,
-    load_optimizer_state,
-    optimizer_state_tensors,
-    periodic_name,
     prefixed,
     promote_checkpoint,
-    restore_rng_state,
     save_checkpoint,
     strip_prefix,
+)
+from mario_rl.io.state_codec import (
+    flatten_state,
+    load_optimizer_state,
+    optimizer_state_tensors,
     unflatten_state,
+)
+from mario_rl.run import checkpoints as ckpts
+from mario_rl.run.checkpoints import (
+    clean_checkpoint_dir,
+    keep_last,
+    latest_checkpoint,
+    periodic_name,
 )
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -127,7 +130,7 @@ def test_overwrite_is_atomic_and_refuses_foreign_dirs(tmp_path: Path) -> None:
 def test_fallback_replace_and_crash_recovery(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ck, "_exchange", lambda a, b: False)  # platform without renameat2
+    monkeypatch.setattr(files, "exchange", lambda a, b: False)  # platform without renameat2
     best = _save(tmp_path / "best", step=1)
     _save(best, step=2)
     assert load_checkpoint(best)[1]["step"] == 2
@@ -162,7 +165,7 @@ def test_failure_while_writing_keeps_previous(
     def boom(path, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "_write_file_synced", boom)
+    monkeypatch.setattr(files, "write_file_synced", boom)
     with pytest.raises(OSError, match="disk full"):
         _save(best, step=2)
     assert load_checkpoint(best)[1]["step"] == 1
@@ -173,7 +176,8 @@ _KILL_CHILD = textwrap.dedent(
     """
     import sys
     import numpy as np  # numpy, not torch: the child starts in a fraction of a second
-    from mario_rl.checkpoint import save_checkpoint, keep_last, periodic_name
+    from mario_rl.io.checkpoint import save_checkpoint
+    from mario_rl.run.checkpoints import keep_last, periodic_name
     run = sys.argv[1]
     x = np.zeros(1_000_000, dtype=np.float32)  # 4 MB, so a kill often lands mid-save
     i = 0
@@ -407,27 +411,6 @@ def test_tensor_declarations_must_match(tmp_path: Path) -> None:
         load_checkpoint(c)
 
 
-def test_check_compatible() -> None:
-    meta = {
-        "model_spec": {"arch": "cnn", "obs_shape": [4, 84, 84], "n_actions": 7, "actions": "simple"}
-    }
-    check_compatible(
-        meta, {"arch": "cnn", "obs_shape": (4, 84, 84), "n_actions": 7, "actions": "simple"}
-    )
-    with pytest.raises(CheckpointError) as e:
-        check_compatible(
-            meta, {"arch": "cnn", "obs_shape": (1, 84, 84), "n_actions": 12, "actions": "complex"}
-        )
-    msg = str(e.value)
-    assert "\n" not in msg
-    assert "obs_shape is [4, 84, 84] in the checkpoint but [1, 84, 84] here" in msg
-    assert "n_actions is 7 in the checkpoint but 12 here" in msg
-    with pytest.raises(CheckpointError, match="lstm missing in the checkpoint"):
-        check_compatible(meta, {**meta["model_spec"], "lstm": 256})
-    with pytest.raises(CheckpointError, match="no 'model_spec'"):
-        check_compatible({"step": 3}, {"arch": "cnn"})
-
-
 # ---------------------------------------------------------------------------- directories
 
 
@@ -452,7 +435,7 @@ def test_latest_keep_last_and_final(tmp_path: Path) -> None:
     _save(run / "checkpoints" / periodic_name(500), 500)
     (run / "checkpoints" / periodic_name(500) / "meta.json").write_text("{")
     assert latest_checkpoint(run).name == "final"
-    assert keep_last(run, 0) and not ck.list_periodic(run)
+    assert keep_last(run, 0) and not ckpts.list_periodic(run)
 
 
 def test_promote_and_snapshot(tmp_path: Path) -> None:
@@ -563,27 +546,3 @@ def test_optimizer_restore_keeps_shared_memory_state(tmp_path: Path) -> None:
     ref = list(opt.state.values())[0]
     got = list(shared_opt.state.values())[0]
     assert torch.equal(ref["exp_avg"], got["exp_avg"]) and torch.equal(ref["step"], got["step"])
-
-
-def test_rng_round_trip(tmp_path: Path) -> None:
-    npgen = np.random.default_rng(123)
-    tgen = torch.Generator().manual_seed(5)
-    random.random(), np.random.rand(), torch.rand(1), npgen.random(), torch.rand(1, generator=tgen)
-    rng_t, spec = capture_rng_state(generators={"env": npgen, "noise": tgen})
-    c = save_checkpoint(tmp_path / "c", rng_t, {"step": 0, "rng": spec})
-
-    def draw():
-        return (
-            random.random(),
-            np.random.rand(),
-            torch.rand(2).tolist(),
-            npgen.random(),
-            torch.rand(1, generator=tgen).item(),
-        )
-
-    first = draw()
-    tensors, meta = load_checkpoint(c)
-    restore_rng_state(tensors, meta["rng"], generators={"env": npgen, "noise": tgen})
-    assert draw() == first
-    with pytest.raises(CheckpointError, match="no state for RNG generator 'other'"):
-        restore_rng_state(tensors, meta["rng"], generators={"other": np.random.default_rng()})

@@ -1,4 +1,4 @@
-"""Data-parallel PPO under torchrun (mario_rl.distributed), on the CPU with gloo.
+"""Data-parallel PPO under torchrun (mario_rl.parallel.distributed), on the CPU with gloo.
 
 * Two ranks run the real PPO.learn (and RND's intrinsic-reward step) on fixed synthetic batches,
   each rank its half; after every update both ranks' parameters and statistics must be identical
@@ -21,10 +21,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mario_rl.algos.common import RunningMeanStd
 from mario_rl.algos.ppo import PPO
 from mario_rl.config.ppo import PPOConfig
-from mario_rl.distributed import Distributed, Launch, launch_from_env
+from mario_rl.parallel.distributed import Distributed, Launch, launch_from_env
+from mario_rl.rl.stats import RunningMeanStd
 
 ALGOS = ("ppo", "ppo-lstm", "ppo-rnd")
 OBS = (4, 84, 84)
@@ -153,8 +153,12 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         result: dict[str, Any] = {"collectives": collectives(dist, rank)}
         envs = slice(rank * ENVS, (rank + 1) * ENVS)
         for algo in ALGOS:
-            ppo = PPO(dist.rank_config(config(algo, ENVS)), obs_shape=OBS, n_actions=N_ACTIONS)
-            dist.attach(ppo)
+            ppo = PPO(
+                dist.rank_config(config(algo, ENVS)),
+                obs_shape=OBS,
+                n_actions=N_ACTIONS,
+                collective=dist,
+            )
             result[algo] = {"init": state(ppo), "updates": train_updates(ppo, algo, envs)}
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:

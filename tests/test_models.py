@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mario_rl.algos.ppo import policy_act
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.models import (
     ENCODERS,
@@ -20,6 +19,7 @@ from mario_rl.models import (
     build_model,
     model_spec,
 )
+from mario_rl.rl.actions import policy_act
 
 OBS = (4, 84, 84)
 

@@ -14,16 +14,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fake_env import FakeVectorEnv, GroupedFakeVectorEnv
-from mario_rl.algos.common import (
-    RunningMeanStd,
-    discounted_running_returns,
-    explained_variance,
-    gae,
-    linear_schedule,
-)
-from mario_rl.algos.ppo import PPO, measure_learn_speed, ppo_losses
-from mario_rl.checkpoint import load_optimizer_state, optimizer_state_tensors
+from mario_rl.algos.ppo import PPO
+from mario_rl.bench import measure_learn_speed
 from mario_rl.config.ppo import PPOConfig
+from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
+from mario_rl.rl.advantages import discounted_running_returns, gae
+from mario_rl.rl.losses import ppo_losses
+from mario_rl.rl.stats import RunningMeanStd, explained_variance, linear_schedule
 
 
 def tiny(algo: str = "ppo", **kw) -> PPOConfig:

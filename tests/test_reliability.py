@@ -26,16 +26,17 @@ import pytest
 import torch
 
 from checkpoints import fresh_checkpoint
-from mario_rl import checkpoint as ckpt_mod
 from mario_rl.algos.a3g import A3G
 from mario_rl.algos.ppo import PPO
-from mario_rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mario_rl.cli import main
 from mario_rl.config import RunConfig
 from mario_rl.config.a3g import A3GConfig
+from mario_rl.config.jobs import A3GJob, TrainJob
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.envs import EnvConfig, action_meanings
-from mario_rl.training import A3GJob, TrainJob
+from mario_rl.io.checkpoint import load_checkpoint, save_checkpoint
+from mario_rl.run import checkpoints as ckpt_mod
+from mario_rl.run.checkpoints import latest_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HANG_S = 300.0
@@ -82,7 +83,7 @@ def trainer_checkpoint(
     env = EnvConfig(actions=actions)
     if algo == "a3g":
         job: TrainJob | A3GJob = A3GJob(
-            env, A3GConfig(network=network, lstm_hidden=32, workers=1, num_steps=8), RunConfig()
+            env, A3GConfig(network=network, lstm_hidden=32, workers=1, rollout_steps=8), RunConfig()
         )
         tensors, meta = A3G(job.a3g, env).state_dict()
     else:
@@ -290,14 +291,15 @@ CASES: dict[str, list[Case]] = {
     ],
     "train a3g": [
         Case("train --algo a3g --workers 0", r"got '0'", r"whole number > 0"),
-        Case("train --algo a3g --num-steps 0", r"num_steps .* got 0", r"positive integer"),
+        Case("train --algo a3g --rollout-steps 0", r"rollout_steps .* got 0", r"positive integer"),
         Case("train --algo a3g --lr 0", r"got 0", r"lr must be > 0"),
         Case("train --algo a3g --stages 0-1", r"unknown stage '0-1'", STAGES_RIGHT),
         Case("train --algo a3g --gpu-ids 99", NO_CUDA_OR_NO_GPU, r"--gpu-ids -1|this machine"),
         Case("train --algo a3g --gpu-ids x", r"got 'x'", r"-1 \(CPU\) or GPU indices"),
         Case("train --algo a3g --gpu-ids -2", r"got '-2'", r"GPU indices >= 0"),
         Case("train --algo a3g --optimizer sgd", r"got 'sgd'", r"'adam' or 'rmsprop'"),
-        Case("train --algo a3g --rollout-steps 64", r"PPO option", r"A3G options"),
+        Case("train --algo a3g --minibatch-size 64", r"PPO option", r"A3G options"),
+        Case("train --algo a3g --num-steps 20", r"--num-steps was renamed", r"use --rollout-steps"),
         Case("train --algo a3g --preset ppo-seed", r"no \[a3g\] table", r"PPO family"),
         Case("train --algo a3g --run-dir CK --workers 1", r"CK exists", r"--resume"),
         Case("train --algo a3g --run-dir RUN_ARCH --resume", r"'ppo' run", r"--algo ppo"),
@@ -491,7 +493,16 @@ PPO_TINY = [
     "--envs", "2", "--workers", "1", "--rollout-steps", "16", "--minibatch-size", "16",
     "--epochs", "1", "--lstm-hidden", "32", "--bptt-len", "8", "--rnd-init-steps", "4",
 ]  # fmt: skip
-A3G_TINY = ["--workers", "1", "--num-steps", "8", "--lstm-hidden", "32", "--log-interval-s", "0.2"]
+A3G_TINY = [
+    "--workers",
+    "1",
+    "--rollout-steps",
+    "8",
+    "--lstm-hidden",
+    "32",
+    "--log-interval-s",
+    "0.2",
+]
 ENDLESS = ["--total-steps", "1000000000", "--checkpoint-every", "1000000000", "--eval-every", "0"]
 
 
@@ -565,16 +576,16 @@ _SAVER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from mario_rl import checkpoint
+    from mario_rl.io import files
     from mario_rl.algos.ppo import PPO
     from mario_rl.config.ppo import PPOConfig
-    from mario_rl.runner import CheckpointSchedule
+    from mario_rl.run.checkpoints import CheckpointSchedule
 
     run, target = Path(sys.argv[1]), sys.argv[2]
     cfg = PPOConfig(num_envs=2, rollout_steps=16, minibatch_size=16)
     ppo = PPO(cfg, obs_shape=(4, 84, 84), n_actions=7)
     schedule = CheckpointSchedule(run / "checkpoints", every=1, keep=2)
-    real_write = checkpoint._write_file_synced
+    real_write = files.write_file_synced
     saved = 0
 
     def write(path, data):
@@ -586,7 +597,7 @@ _SAVER = textwrap.dedent(
             time.sleep(600)
         real_write(path, data)
 
-    checkpoint._write_file_synced = write
+    files.write_file_synced = write
     for step in (1, 2, 3, 4):
         ppo.global_step = step
         with __import__("torch").no_grad():

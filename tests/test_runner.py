@@ -1,4 +1,4 @@
-"""Tests for mario_rl.runner: run directories, logging, progress, signals, schedule, eval process.
+"""Tests for mario_rl.run: run directories, logging, progress, signals, schedule, eval process.
 
 Top-level imports stay light (no torch): the evaluation child imports this module to find
 the functions it runs.
@@ -19,21 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mario_rl import checkpoint as ck
-from mario_rl.runner import (
-    CheckpointSchedule,
-    EvalProcess,
-    Logger,
-    NonFiniteError,
-    PhaseTimer,
-    Progress,
-    RunDir,
-    RunDirError,
-    SignalGuard,
-    check_finite,
-    flag_rate_then_mean_x,
-    read_metrics,
-)
+from mario_rl.io import checkpoint as ck
+from mario_rl.run import checkpoints as ckpts
+from mario_rl.run.checkpoints import CheckpointSchedule, flag_rate_then_mean_x
+from mario_rl.run.evaluator import EvalProcess
+from mario_rl.run.guards import NonFiniteError, SignalGuard, check_finite
+from mario_rl.run.logger import Logger, read_metrics
+from mario_rl.run.progress import PhaseTimer, Progress
+from mario_rl.run.rundir import RunDir, RunDirError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -211,7 +204,7 @@ def test_signal_guard_in_process() -> None:
 _SIGNAL_CHILD = textwrap.dedent(
     """
     import sys, time
-    from mario_rl.runner import SignalGuard
+    from mario_rl.run.guards import SignalGuard
     with SignalGuard() as guard:
         print("ready", flush=True)
         deadline = time.monotonic() + 20
@@ -283,9 +276,9 @@ def test_schedule_periodic_final_best(tmp_path: Path) -> None:
         for step in range(0, 501, 30)
         if (p := sched.maybe_save(step, lambda s=step: make_state(s)))
     ]
-    assert calls == [120, 210, 300, 420] and saved == [ck.periodic_name(s) for s in calls]
-    assert [s for s, _ in ck.list_periodic(tmp_path / "ck")] == [300, 420]
-    assert sched.latest == tmp_path / "ck" / ck.periodic_name(420)
+    assert calls == [120, 210, 300, 420] and saved == [ckpts.periodic_name(s) for s in calls]
+    assert [s for s, _ in ckpts.list_periodic(tmp_path / "ck")] == [300, 420]
+    assert sched.latest == tmp_path / "ck" / ckpts.periodic_name(420)
     final = sched.save_final(505, *_state(505))
     assert ck.load_checkpoint(final)[1]["step"] == 505
 
@@ -403,7 +396,7 @@ def test_signal_guard_duplicate_delivery_is_one_request_and_a_later_one_aborts()
 
 def test_training_evaluations_can_sample():
     from mario_rl.config.run import RunConfig
-    from mario_rl.training import _eval_kwargs
+    from mario_rl.run.loop import eval_kwargs
 
-    assert _eval_kwargs("1-1", RunConfig())["sample"] is False
-    assert _eval_kwargs("1-1", RunConfig(eval_sample=True))["sample"] is True
+    assert eval_kwargs("1-1", RunConfig())["sample"] is False
+    assert eval_kwargs("1-1", RunConfig(eval_sample=True))["sample"] is True

@@ -169,8 +169,8 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     """
     import torch
 
-    from .algos.common import check_device
     from .algos.ppo import PPO
+    from .devices import check_device
 
     cfg, env_cfg = job.ppo, job.env
     check_device(cfg.device)
@@ -234,6 +234,7 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     worker's first update (process spawn and imports are not counted).
     """
     from .algos.a3g import A3G
+    from .algos.a3g_worker import ErrorMsg, ExitMsg, UpdateMsg
 
     cfg, env_cfg = job.a3g, job.env
     # Each worker steps its own env without waiting for the others, as A3G's workers do.
@@ -246,20 +247,20 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + 300
         while len(started) < cfg.workers:
             for msg in a3g.poll(0.5):
-                if msg[0] == "update":
-                    started.add(msg[1])
-                elif msg[0] in ("error", "exit"):
-                    raise RuntimeError(f"A3G worker {msg[1]} stopped during the warm-up: {msg[2:]}")
+                if isinstance(msg, UpdateMsg):
+                    started.add(msg.rank)
+                elif isinstance(msg, ErrorMsg | ExitMsg):
+                    raise RuntimeError(f"A3G worker {msg.rank} stopped during the warm-up: {msg}")
             if time.monotonic() > deadline:
                 raise RuntimeError("A3G workers did not start within 300 s")
         steps0, start = a3g.global_step, time.perf_counter()
         updates = 0
         while time.perf_counter() - start < seconds / 2:
             for msg in a3g.poll(0.2):
-                if msg[0] == "update":
+                if isinstance(msg, UpdateMsg):
                     updates += 1
                     for phase in phases:
-                        phases[phase] += msg[2].get(f"time/{phase}", 0.0)
+                        phases[phase] += msg.metrics.get(f"time/{phase}", 0.0)
         elapsed = time.perf_counter() - start
         steps = a3g.global_step - steps0
     finally:
@@ -270,7 +271,7 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         "algo": "a3g",
         "network": cfg.network,
         "workers": cfg.workers,
-        "num_steps": cfg.num_steps,
+        "rollout_steps": cfg.rollout_steps,
         "gpu_ids": list(cfg.gpu_ids),
         "train_steps_per_s": round(train_sps, 1),
         "env_steps_per_s": round(env_sps, 1),
@@ -280,3 +281,69 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         "updates": updates,
         "seconds": seconds,
     }
+
+
+def measure_learn_speed(
+    network: str = "small",
+    algo: str = "ppo",
+    threads: int = 2,
+    num_envs: int = 8,
+    rollout_steps: int = 512,
+    minibatch_size: int = 256,
+    epochs: int = 1,
+    obs_shape: tuple[int, int, int] = (4, 84, 84),
+    n_actions: int = 7,
+    channels_last: bool = True,
+    repeats: int = 2,
+) -> dict[str, float]:
+    """Time the real learn() (forward + backward + Adam) on a random rollout, and batch-``num_envs``
+    inference. Returns best-of-``repeats`` numbers: learn samples/s, inference ms per env step,
+    and the parameter count. Uses ``threads`` torch threads (restored afterwards)."""
+    import torch
+
+    from .algos.ppo import PPO
+    from .config.ppo import PPOConfig
+    from .devices import torch_threads
+    from .rl.actions import sample_actions
+
+    old_threads = torch.get_num_threads()
+    cfg = PPOConfig(
+        algo=algo,  # type: ignore[arg-type]
+        network=network,  # type: ignore[arg-type]
+        num_envs=num_envs,
+        rollout_steps=rollout_steps,
+        minibatch_size=minibatch_size,
+        epochs=epochs,
+        torch_threads=threads,
+        channels_last=channels_last,
+    )
+    try:
+        ppo = PPO(cfg, obs_shape=obs_shape, n_actions=n_actions)
+        ppo.fill_random_rollout()
+        ppo.learn()  # warm-up (allocator, oneDNN primitive cache)
+        best = 0.0
+        for _ in range(repeats):
+            ppo.fill_random_rollout()
+            t0 = time.perf_counter()
+            ppo.learn()
+            best = max(best, cfg.batch_size * cfg.epochs / (time.perf_counter() - t0))
+        x = ppo.rollout.obs[0]
+        state = ppo.model.initial_state(num_envs)
+        starts = torch.zeros(num_envs, dtype=torch.bool)
+        with torch.inference_mode(), torch_threads(cfg.collect_threads):
+            for _ in range(10):
+                ppo.model(x, state, starts)
+            best_inf = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(50):
+                    out = ppo.model(x, state, starts)
+                    sample_actions(out.logits, ppo.gen)
+                best_inf = min(best_inf, (time.perf_counter() - t0) / 50)
+        return {
+            "learn_samples_per_s": best,
+            "inference_ms_per_step": best_inf * 1e3,
+            "params": float(sum(p.numel() for p in ppo.model.parameters())),
+        }
+    finally:
+        torch.set_num_threads(old_threads)

@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import cliargs
 from .envs import EnvConfig, RewardConfig
@@ -107,8 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags named as the recurrent-PPO seed's table and the issue tracker name them.
 _PPO_RENAME = {"num_envs": "envs"}
-# A3G's names for two PPO knobs; either spelling works with every algorithm.
-_A3G_ALIASES = {"entropy_coef": "ent_coef", "value_coef": "vf_coef"}
+
+
+class _RenamedFlag(argparse.Action):
+    """An old spelling of a renamed knob: refused in one line naming the new flag."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        raise UsageError(
+            f"{option_string} was renamed {self.new} (one name per knob for every algorithm);"
+            f" use {self.new}"
+        )
+
+
+def _renamed_flags(p: argparse.ArgumentParser) -> None:
+    """The old spellings of renamed knobs, hidden from --help, each with its hint."""
+    from .config.records import RENAMED
+
+    for old, new in RENAMED.items():
+        action = p.add_argument(
+            "--" + old.replace("_", "-"), nargs="?", action=_RenamedFlag, help=argparse.SUPPRESS
+        )
+        action.new = _flag(new)  # type: ignore[attr-defined]
 
 
 def _shared_fields() -> set[str]:
@@ -149,11 +168,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     shared = _shared_fields()
     a3g_defaults = {f.name: f.default for f in dataclasses.fields(A3GConfig)}
     notes = {name: f"a3g: {a3g_defaults[name]}" for name in shared}
-    notes |= {ppo: f"a3g: {a3g_defaults[a3g]}" for a3g, ppo in _A3G_ALIASES.items()}
     g = p.add_argument_group("algorithm (PPO family; those marked a3g also apply to A3G)")
     cliargs.add_dataclass_args(g, PPOConfig, "ppo", rename=_PPO_RENAME, skip=("algo",), notes=notes)
     ag = p.add_argument_group("A3G (--algo a3g)")
     cliargs.add_dataclass_args(ag, A3GConfig, "a3g", skip=(*shared, "workers", "gpu_ids"))
+    _renamed_flags(p)
     ag.add_argument(
         "--gpu-ids",
         dest="a3g.gpu_ids",
@@ -192,8 +211,8 @@ def _flag(name: str) -> str:
 def train_job(ns: argparse.Namespace, command: str = ""):
     """The TrainJob (A3GJob for --algo a3g) from defaults, then the preset, then the flags given."""
     from .config import RunConfig, load_preset, preset_sections
+    from .config.jobs import TrainJob
     from .config.ppo import PPOConfig
-    from .training import TrainJob
 
     env = EnvConfig()
     ppo = PPOConfig()
@@ -208,11 +227,6 @@ def train_job(ns: argparse.Namespace, command: str = ""):
         return _a3g_job(ns, command, stages)
     ppo_flags = cliargs.given(ns, "ppo")
     a3g_flags = cliargs.given(ns, "a3g")
-    for a3g_name, ppo_name in _A3G_ALIASES.items():
-        if a3g_name in a3g_flags:
-            if ppo_name in ppo_flags:
-                raise UsageError(f"give {_flag(ppo_name)} or {_flag(a3g_name)}, not both")
-            ppo_flags[ppo_name] = a3g_flags.pop(a3g_name)
     if a3g_flags:
         name = sorted(a3g_flags)[0]
         raise UsageError(f"{_flag(name)} is an A3G option; use it with --algo a3g")
@@ -231,19 +245,19 @@ def train_job(ns: argparse.Namespace, command: str = ""):
     cliargs.apply(ppo, ppo_flags, "algorithm")
     cliargs.apply(run, cliargs.given(ns, "run"), "run")
     env = env_config(ns, env)
-    ppo.validate()
-    run.validate()
-    workers = ns.workers if ns.workers is not None else min(2, ppo.num_envs)
-    if workers > ppo.num_envs:
-        raise UsageError(f"--workers ({workers}) cannot exceed --envs ({ppo.num_envs})")
-    return TrainJob(env, ppo, run, workers, command)
+    job = TrainJob(env, ppo, run, 2, command)
+    job.validate()
+    job.workers = ns.workers if ns.workers is not None else min(2, ppo.num_envs)
+    if job.workers > ppo.num_envs:
+        raise UsageError(f"--workers ({job.workers}) cannot exceed --envs ({ppo.num_envs})")
+    return job
 
 
 def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
     """The A3GJob: A3G defaults, then the preset's [a3g] table, then the flags given."""
     from .config import RunConfig, preset_sections
     from .config.a3g import A3GConfig
-    from .training import A3GJob
+    from .config.jobs import A3GJob
 
     env, a3g, run = EnvConfig(), A3GConfig(), RunConfig()
     if ns.preset:
@@ -261,11 +275,6 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
     for name, value in cliargs.given(ns, "ppo").items():
         if name in shared:
             values[name] = value
-        elif name in _A3G_ALIASES.values():
-            a3g_name = next(k for k, v in _A3G_ALIASES.items() if v == name)
-            if a3g_name in cliargs.given(ns, "a3g"):
-                raise UsageError(f"give {_flag(name)} or {_flag(a3g_name)}, not both")
-            values[a3g_name] = value
         else:
             raise UsageError(
                 f"{_flag(name)} is a PPO option; --algo a3g does not use it"
@@ -288,10 +297,9 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
         raise UsageError(
             "--train-stages gives each worker its own stage (rank r plays stage r); drop --stages"
         )
-    env = env_config(ns, env)
-    a3g.validate()
-    run.validate()
-    return A3GJob(env, a3g, run, command)
+    job = A3GJob(env_config(ns, env), a3g, run, command)
+    job.validate()
+    return job
 
 
 def _stage_list(stages: str) -> tuple[str, ...]:
@@ -301,8 +309,10 @@ def _stage_list(stages: str) -> tuple[str, ...]:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from . import distributed
-    from .training import A3GJob, train, train_a3g
+    from .config.jobs import A3GJob
+    from .parallel import distributed
+    from .parallel.collective import LOCAL
+    from .training import train, train_a3g
 
     job = train_job(ns, "mario-rl " + " ".join(sys.argv[1:]))
     given_total = cliargs.given(ns, "ppo").get("total_steps")
@@ -313,19 +323,17 @@ def _train(ns: argparse.Namespace) -> int:
             )
         return train_a3g(job, total_steps_given=given_total)
     with distributed.from_env() as dist:
-        return train(job, total_steps_given=given_total, dist=dist)
+        return train(job, total_steps_given=given_total, collective=dist or LOCAL)
 
 
 def _bench_train(ns: argparse.Namespace) -> int:
     from .bench import bench_a3g, bench_train
-    from .training import A3GJob
+    from .config.jobs import A3GJob
 
     job = train_job(ns)
     if isinstance(job, A3GJob):
-        from .algos.a3g import check_devices
+        from .devices import check_devices
 
-        job.env.validate()
-        job.a3g.validate()
         check_devices(job.a3g.gpu_ids)
         return _report(bench_a3g(job, seconds=ns.seconds), ns.json)
     return _report(bench_train(job, seconds=ns.seconds), ns.json)
@@ -375,14 +383,14 @@ def _stage_spec(text: str | None) -> str | None:
 
 def _load_policy(path: str, sample: bool):
     """The checkpoint's policy, or a one-line UsageError saying why it cannot be used."""
-    import torch
 
-    from .checkpoint import CheckpointError
+    from .devices import set_threads
     from .evaluation.policy import load_policy
+    from .io.checkpoint import CheckpointError
 
     # Batched inference of a few frames: one torch thread beats OpenMP threads that wait on
     # cores the emulator threads (or a training run) keep busy.
-    torch.set_num_threads(1)
+    set_threads(1)
     try:
         return load_policy(path, deterministic=not sample)
     except CheckpointError as e:
@@ -528,7 +536,7 @@ def _record(ns: argparse.Namespace) -> int:
 
 def _plot(ns: argparse.Namespace) -> int:
     from .evaluation.plots import success_map, training_curves
-    from .runner import read_metrics
+    from .run.logger import read_metrics
 
     src = Path(ns.source)
     hint = "pass a run directory (holding metrics.jsonl) or an eval JSON (mario-rl eval --json)"

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mario_rl.algos.common import RunningMeanStd
+from mario_rl.config.records import from_dict
+from mario_rl.rl.stats import RunningMeanStd
 
 LSTMState = tuple[Tensor, Tensor]
 """(h, c), each (B, hidden)."""
@@ -159,15 +160,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         """Inverse of to_dict."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown ModelSpec fields {unknown}; this version knows {sorted(known)}"
-            )
-        d = dict(data)
-        d["obs_shape"] = tuple(d["obs_shape"])
-        return cls(**d)
+        return from_dict(cls, data, convert={"obs_shape": tuple})
 
     def check_compatible(self, other: ModelSpec) -> None:
         """Raise ValueError naming every difference that makes ``other``'s weights unusable here."""

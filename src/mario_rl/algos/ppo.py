@@ -15,228 +15,38 @@ a JSON-able dict, nothing pickled.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mario_rl.algos.common import (
-    RunningMeanStd,
-    discounted_running_returns,
-    explained_variance,
-    gae,
-    linear_schedule,
-)
-from mario_rl.checkpoint import (
-    RESTORE_ERRORS,
-    load_optimizer_state,
-    misfit_error,
-    optimizer_state_tensors,
-)
+from mario_rl.algos.rollout import GroupPart, Rollout
 from mario_rl.config.ppo import PPOConfig
+from mario_rl.devices import set_threads, torch_threads
+from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
+from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, LSTMState, ModelSpec, RNDModel, build_model
-
-if TYPE_CHECKING:
-    from mario_rl.distributed import Distributed
+from mario_rl.parallel.collective import LOCAL, Collective
+from mario_rl.rl.actions import sample_actions
+from mario_rl.rl.advantages import discounted_running_returns, gae
+from mario_rl.rl.losses import ppo_losses, value_loss
+from mario_rl.rl.stats import RunningMeanStd, episode_metrics, explained_variance, linear_schedule
+from mario_rl.seeding import collect_seed, group_seed, resume_seed
 
 CHECKPOINT_FORMAT = "mario-rl/ppo-trainer"
 CHECKPOINT_VERSION = 1
 
 
-# -- the loss ------------------------------------------------------------------------------------
-def value_loss(values: Tensor, returns: Tensor, kind: str) -> Tensor:
-    """The value loss alone ('mse' = 0.5 * squared error, 'huber' = smooth L1)."""
-    if kind == "huber":
-        return F.smooth_l1_loss(values, returns)
-    return 0.5 * (values - returns).square().mean()
-
-
-def ppo_losses(
-    logits: Tensor,
-    actions: Tensor,
-    old_logprobs: Tensor,
-    advantages: Tensor,
-    values: Tensor,
-    returns: Tensor,
-    clip: float,
-    vf_loss: str = "mse",
-) -> dict[str, Tensor]:
-    """The clipped-surrogate PPO terms for one minibatch (advantages already normalised or not).
-
-    Returns policy (to minimise), value, entropy (to maximise), approx_kl = mean((r-1) - log r)
-    (Schulman's low-variance estimator), old_approx_kl = mean(-log r) and clipfrac.
-    """
-    logp_all = F.log_softmax(logits, dim=-1)
-    new_logprobs = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-    log_ratio = new_logprobs - old_logprobs
-    ratio = log_ratio.exp()
-    pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
-    v_loss = value_loss(values, returns, vf_loss)
-    with torch.no_grad():
-        approx_kl = ((ratio - 1) - log_ratio).mean()
-        old_approx_kl = (-log_ratio).mean()
-        clipfrac = ((ratio - 1).abs() > clip).float().mean()
-    return {
-        "policy": pg_loss,
-        "value": v_loss,
-        "entropy": entropy,
-        "approx_kl": approx_kl,
-        "old_approx_kl": old_approx_kl,
-        "clipfrac": clipfrac,
-    }
-
-
-def sample_actions(
-    logits: Tensor, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """Sample from a categorical over the last dim; returns (actions int64, their log-probs)."""
-    logp = F.log_softmax(logits, dim=-1)
-    actions = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-    return actions, logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-
-
-@torch.inference_mode()
-def policy_act(
-    model: ActorCritic,
-    obs: np.ndarray | Tensor,
-    state: LSTMState | None = None,
-    deterministic: bool = True,
-    starts: np.ndarray | Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[np.ndarray, LSTMState | None]:
-    """Actions for uint8 observations (N,C,H,W) or one (C,H,W): greedy (argmax) or sampled.
-
-    For a recurrent model pass the previous ``state`` (None = zeros) and ``starts`` (True where an
-    episode begins, resetting that env's state); returns (actions as int64 numpy, new state).
-    """
-    x = torch.as_tensor(obs)
-    single = x.dim() == 3
-    if single:
-        x = x.unsqueeze(0)
-    device = next(model.parameters()).device
-    x = x.to(device)
-    s = (
-        None
-        if starts is None
-        else torch.as_tensor(starts, dtype=torch.bool, device=device).reshape(-1)
-    )
-    out = model(x, state, s)
-    if deterministic:
-        actions = out.logits.argmax(-1)
-    else:
-        actions, _ = sample_actions(out.logits, generator)
-    a = actions.cpu().numpy()
-    return (a[0:1] if single else a), out.state
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Use ``n`` torch intra-op threads inside the block (0 = leave as is)."""
-    old = torch.get_num_threads()
-    if n and n != old:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n and n != old:
-            torch.set_num_threads(old)
-
-
-def episode_metrics(
-    episodes: list[dict[str, Any]], restored: list[dict[str, Any]]
-) -> dict[str, float]:
-    """Means over finished episodes (charts/episode_return, …, charts/flag_rate), and the episodes
-    begun from a saved progress state counted apart (charts/restored_*)."""
-    metrics: dict[str, float] = {}
-    if episodes:
-        metrics["charts/episodes"] = float(len(episodes))
-        for key, tag in (("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
-            vals = [float(e[key]) for e in episodes if key in e]
-            if vals:
-                metrics[f"charts/{tag}"] = float(np.mean(vals))
-    if restored:
-        metrics["charts/restored_episodes"] = float(len(restored))
-        metrics["charts/restored_flag_rate"] = float(np.mean([bool(e["flag"]) for e in restored]))
-    return metrics
-
-
 def _collect_key(k: int) -> str:
     """Checkpoint key of env group k's action-sampling stream (group 0's predates groups)."""
     return f"rng.collect_generator.{k}" if k else "rng.collect_generator"
-
-
-# -- storage -------------------------------------------------------------------------------------
-@dataclass
-class _GroupPart:
-    """What one env group's collection loop hands back besides the buffer columns it filled."""
-
-    episodes: list[dict[str, Any]] = field(default_factory=list)
-    components: dict[str, np.ndarray] = field(default_factory=dict)
-    state: LSTMState | None = None
-    t_env: float = 0.0
-    t_inf: float = 0.0
-    t_store: float = 0.0
-
-
-class Rollout:
-    """Preallocated storage for one rollout of T steps x N envs (plus what GAE needs).
-
-    Observations are uint8; with ``channels_last`` they are stored NHWC so that minibatch gathers
-    come out channels_last (the fast conv layout on CPU) with no copy. ``obs`` is always the
-    logical (T, N, C, H, W) view.
-    """
-
-    def __init__(self, cfg: PPOConfig, obs_shape: tuple[int, ...], device: torch.device):
-        t, n = cfg.rollout_steps, cfg.num_envs
-        c, h, w = obs_shape
-        if cfg.channels_last:
-            self.obs_store = torch.zeros((t, n, h, w, c), dtype=torch.uint8, device=device)
-            self.obs = self.obs_store.permute(0, 1, 4, 2, 3)
-        else:
-            self.obs_store = torch.zeros((t, n, c, h, w), dtype=torch.uint8, device=device)
-            self.obs = self.obs_store
-        z = lambda dtype=torch.float32: torch.zeros((t, n), dtype=dtype, device=device)  # noqa: E731
-        self.actions = z(torch.int64)
-        self.logprobs = z()
-        self.rewards = z()
-        self.values = z()
-        self.next_values = z()
-        """V of the observation that followed each step in the same episode (GAE's bootstrap)."""
-        self.terminations = z(torch.bool)
-        self.dones = z(torch.bool)
-        self.starts = z(torch.bool)
-        """obs[t] is the first observation of an episode (the LSTM resets there)."""
-        self.advantages = z()
-        self.returns = z()
-        if cfg.algo == "ppo-rnd":
-            self.next_frames = torch.zeros((t, n, h, w), dtype=torch.uint8, device=device)
-            self.values_int = z()
-            self.last_value_int = torch.zeros(n, device=device)
-            self.rewards_int = z()
-            self.returns_int = z()
-        if cfg.algo == "ppo-lstm":
-            s, hs = t // cfg.bptt_len, cfg.lstm_hidden
-            # LSTM state at the start of each bptt_len sequence, before that step's reset mask.
-            self.seq_h = torch.zeros((s, n, hs), device=device)
-            self.seq_c = torch.zeros((s, n, hs), device=device)
-            if cfg.lstm_penalty > 0:
-                self.step_h = torch.zeros((t, n, hs), device=device)
-                self.step_c = torch.zeros((t, n, hs), device=device)
-        self.episodes: list[dict[str, Any]] = []
-        self.components: dict[str, np.ndarray] = {}
-        self.times: dict[str, float] = {}
-        self.first_step = 0
-        """global_step at the start of this rollout (for episode records)."""
 
 
 # -- the trainer ---------------------------------------------------------------------------------
@@ -263,11 +73,11 @@ class PPO:
         *,
         obs_shape: tuple[int, int, int] | None = None,
         n_actions: int | None = None,
+        collective: Collective = LOCAL,
     ):
         config.validate()
         self.cfg = cfg = config
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        set_threads(cfg.torch_threads)
         self.device = torch.device(cfg.device)
         self.envs = envs
         if envs is not None:
@@ -283,15 +93,15 @@ class PPO:
         self.n_actions = n_actions
         self.recurrent = cfg.algo == "ppo-lstm"
         self.use_rnd = cfg.algo == "ppo-rnd"
-        self.dist: Distributed | None = None
-        """Set by Distributed.attach under torchrun: updates and batch statistics become global."""
+        self.collective: Collective = collective
+        """The other replicas under torchrun (updates and batch statistics become global); LOCAL alone."""
         # Separate streams so that collection (possibly in another thread) and learning do not
         # interleave draws from one generator.
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.collect_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.collect_gen = torch.Generator().manual_seed(collect_seed(cfg.seed))
         self.collect_gens = [self.collect_gen, *(torch.Generator() for _ in self._groups()[1:])]
         """Action-sampling streams, one per env group that collects side by side (group_collect)."""
-        self.seed_collection(cfg.seed + 1)
+        self.seed_collection(collect_seed(cfg.seed))
 
         # Initial weights from the seed, without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
@@ -338,10 +148,20 @@ class PPO:
             self._actor = copy.deepcopy(self.model)
             threads = cfg.collect_threads or cfg.torch_threads
             self._pool = ThreadPoolExecutor(
-                1, thread_name_prefix="ppo-collect", initializer=_set_threads, initargs=(threads,)
+                1, thread_name_prefix="ppo-collect", initializer=set_threads, initargs=(threads,)
             )
         if envs is not None:
             self.reset_envs(cfg.seed)
+        # Every replica starts from rank 0's weights.
+        self.collective.broadcast_tensors(self._replicated_tensors())
+
+    def _replicated_tensors(self) -> list[Tensor]:
+        """What must be identical on every replica: the model, RND's networks and statistics."""
+        tensors = list(self.model.state_dict().values())
+        if self.rnd is not None:
+            tensors += list(self.rnd.state_dict().values())
+            tensors += list(self.int_reward_rms.state_dict().values())
+        return tensors
 
     def reset_envs(self, seed: int | None = None) -> None:
         """Reset every env and the per-env recurrent state (call after swapping in a fresh env)."""
@@ -378,7 +198,7 @@ class PPO:
 
     def _progress(self) -> float:
         # Under torchrun each update consumes world_size batches of the step budget.
-        world = 1 if self.dist is None else self.dist.world_size
+        world = self.collective.world_size
         return self.update / max(1, self.cfg.total_steps // (self.cfg.batch_size * world))
 
     # -- collect ---------------------------------------------------------------------------------
@@ -411,7 +231,7 @@ class PPO:
             pending, self._pending = self._pending, None
             buf = pending.result()
             self._spare, self.rollout = self.rollout, buf
-        self.global_step += self.cfg.batch_size * (1 if self.dist is None else self.dist.world_size)
+        self.global_step += self.cfg.batch_size * self.collective.world_size
         if self._pool is not None:
             self._launch()
         wait = time.perf_counter() - t0
@@ -504,7 +324,7 @@ class PPO:
     def seed_collection(self, seed: int) -> None:
         """Re-seed the action-sampling streams (group k's from ``seed`` and k)."""
         for k, gen in enumerate(self.collect_gens):
-            gen.manual_seed(seed + 1_000_003 * k)
+            gen.manual_seed(group_seed(seed, k))
 
     def _groups(self) -> list[range]:
         """The env index ranges that collect side by side (one per env worker, or all)."""
@@ -520,11 +340,11 @@ class PPO:
         r: range,
         step: Callable[[np.ndarray], tuple],
         k: int,
-    ) -> _GroupPart:
+    ) -> GroupPart:
         """``rollout_steps`` act-step rounds of the envs ``r`` (any thread; the envs of ``r``
         and their columns of ``buf`` belong to this call alone)."""
         cfg = self.cfg
-        part = _GroupPart()
+        part = GroupPart()
         gen = self.collect_gens[k]
         cols = slice(r.start, r.stop)
         state = None
@@ -657,7 +477,7 @@ class PPO:
         errs = [self.rnd.error(chunk) for chunk in frames.split(1024)]
         raw = torch.cat(errs).reshape(cfg.rollout_steps, cfg.num_envs)
         if cfg.rnd_reward_norm == "minmax":
-            lo, hi = (raw.min(), raw.max()) if self.dist is None else self.dist.min_max(raw)
+            lo, hi = self.collective.min_max(raw)
             r_int = (raw - lo) / (hi - lo + 1e-8)
         else:
             rets, last = discounted_running_returns(raw, self.int_return, cfg.rnd_gamma_int)
@@ -673,10 +493,7 @@ class PPO:
 
     def _update_stats(self, rms: RunningMeanStd, x: Tensor) -> None:
         # Under torchrun every rank folds in the same global batch, so the statistics agree.
-        if self.dist is None:
-            rms.update(x)
-        else:
-            self.dist.update_running_stats(rms, x)
+        self.collective.update_running_stats(rms, x)
 
     # -- learn -----------------------------------------------------------------------------------
     def compute_advantages(self) -> None:
@@ -756,9 +573,7 @@ class PPO:
                 adv = b_adv[idx]
                 if cfg.norm_adv:
                     # Over all ranks' minibatches under torchrun: the combined batch's statistics.
-                    mean, std = (
-                        (adv.mean(), adv.std()) if self.dist is None else self.dist.mean_std(adv)
-                    )
+                    mean, std = self.collective.mean_std(adv)
                     adv = (adv - mean) / (std + 1e-8)
                 terms = ppo_losses(
                     out.logits.reshape(-1, self.n_actions),
@@ -798,9 +613,8 @@ class PPO:
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if self.dist is not None:
-                    # Before clipping, so that every rank clips the same mean gradient.
-                    self.dist.average_gradients(self.optimizer.param_groups[0]["params"])
+                # Before clipping, so that every rank clips the same mean gradient.
+                self.collective.average_gradients(self.optimizer.param_groups[0]["params"])
                 if cfg.max_grad_norm > 0:
                     terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(
                         self.optimizer.param_groups[0]["params"], cfg.max_grad_norm
@@ -849,7 +663,7 @@ class PPO:
 
     def _kl(self, approx_kl: Tensor) -> float:
         # The mean over the ranks, so that every rank stops the update at the same minibatch.
-        return float(approx_kl) if self.dist is None else self.dist.mean(approx_kl)
+        return self.collective.mean(approx_kl)
 
     def _as_nchw(self, x: Tensor) -> Tensor:
         """Gathered storage rows -> (B, C, H, W) (a free permute when stored NHWC)."""
@@ -890,21 +704,12 @@ class PPO:
         With async_collect the per-env carry (env.*) and the collector's generator are taken
         while a rollout is in flight, so they only matter for an exact resume in sync mode.
         """
-        tensors: dict[str, Tensor] = {
-            f"model.{k}": v.detach().contiguous().clone()
-            for k, v in self.model.state_dict().items()
-        }
+        tensors = prefixed(self.model.state_dict(), "model.")
         opt_tensors, opt_meta = optimizer_state_tensors(self.optimizer, "optim.")
         tensors |= opt_tensors
         if self.rnd is not None:
-            tensors |= {
-                f"rnd.{k}": v.detach().contiguous().clone()
-                for k, v in self.rnd.state_dict().items()
-            }
-            tensors |= {
-                f"rnd_reward_rms.{k}": v.clone()
-                for k, v in self.int_reward_rms.state_dict().items()
-            }
+            tensors |= prefixed(self.rnd.state_dict(), "rnd.")
+            tensors |= prefixed(self.int_reward_rms.state_dict(), "rnd_reward_rms.")
             tensors["rnd_int_return"] = self.int_return.clone()
         tensors["env.next_obs"] = self.next_obs.clone()
         tensors["env.next_start"] = self.next_start.clone()
@@ -946,6 +751,12 @@ class PPO:
             self._restore(tensors, meta, restore_env_state)
         except RESTORE_ERRORS as e:
             raise misfit_error(self.cfg.algo, e) from None
+        if not self.collective.is_main:
+            # The checkpoint holds rank 0's generators; the others draw their own streams.
+            base = resume_seed(self.cfg.seed, self.update)
+            self.gen.manual_seed(base)
+            self.seed_collection(collect_seed(base))
+        self.collective.broadcast_tensors(self._replicated_tensors())
 
     def _restore(
         self, tensors: dict[str, Tensor], meta: dict[str, Any], restore_env_state: bool
@@ -961,13 +772,11 @@ class PPO:
             )
         self.model.spec.check_compatible(ModelSpec.from_dict(meta["model_spec"]))
         self._wait_pending()
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.model.load_state_dict(strip_prefix(tensors, "model."))
         load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
         if self.rnd is not None:
-            self.rnd.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("rnd.")})
-            self.int_reward_rms.load_state_dict(
-                {k[15:]: v for k, v in tensors.items() if k.startswith("rnd_reward_rms.")}
-            )
+            self.rnd.load_state_dict(strip_prefix(tensors, "rnd."))
+            self.int_reward_rms.load_state_dict(strip_prefix(tensors, "rnd_reward_rms."))
             self.int_return.copy_(tensors["rnd_int_return"])
         self.gen.set_state(tensors["rng.generator"].clone())
         for k, gen in enumerate(self.collect_gens):
@@ -983,69 +792,3 @@ class PPO:
             self.next_start.copy_(tensors["env.next_start"])
             if self.lstm_state is not None:
                 self.lstm_state = (tensors["env.lstm_h"].clone(), tensors["env.lstm_c"].clone())
-
-
-def _set_threads(n: int) -> None:
-    # torch's thread count is per OS thread under OpenMP: set it in the collector thread itself.
-    if n:
-        torch.set_num_threads(n)
-
-
-# -- speed measurement ---------------------------------------------------------------------------
-def measure_learn_speed(
-    network: str = "small",
-    algo: str = "ppo",
-    threads: int = 2,
-    num_envs: int = 8,
-    rollout_steps: int = 512,
-    minibatch_size: int = 256,
-    epochs: int = 1,
-    obs_shape: tuple[int, int, int] = (4, 84, 84),
-    n_actions: int = 7,
-    channels_last: bool = True,
-    repeats: int = 2,
-) -> dict[str, float]:
-    """Time the real learn() (forward + backward + Adam) on a random rollout, and batch-``num_envs``
-    inference. Returns best-of-``repeats`` numbers: learn samples/s, inference ms per env step,
-    and the parameter count. Uses ``threads`` torch threads (restored afterwards)."""
-    old_threads = torch.get_num_threads()
-    cfg = PPOConfig(
-        algo=algo,  # type: ignore[arg-type]
-        network=network,  # type: ignore[arg-type]
-        num_envs=num_envs,
-        rollout_steps=rollout_steps,
-        minibatch_size=minibatch_size,
-        epochs=epochs,
-        torch_threads=threads,
-        channels_last=channels_last,
-    )
-    try:
-        ppo = PPO(cfg, obs_shape=obs_shape, n_actions=n_actions)
-        ppo.fill_random_rollout()
-        ppo.learn()  # warm-up (allocator, oneDNN primitive cache)
-        best = 0.0
-        for _ in range(repeats):
-            ppo.fill_random_rollout()
-            t0 = time.perf_counter()
-            ppo.learn()
-            best = max(best, cfg.batch_size * cfg.epochs / (time.perf_counter() - t0))
-        x = ppo.rollout.obs[0]
-        state = ppo.model.initial_state(num_envs)
-        starts = torch.zeros(num_envs, dtype=torch.bool)
-        with torch.inference_mode(), torch_threads(cfg.collect_threads):
-            for _ in range(10):
-                ppo.model(x, state, starts)
-            best_inf = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(50):
-                    out = ppo.model(x, state, starts)
-                    sample_actions(out.logits, ppo.gen)
-                best_inf = min(best_inf, (time.perf_counter() - t0) / 50)
-        return {
-            "learn_samples_per_s": best,
-            "inference_ms_per_step": best_inf * 1e3,
-            "params": float(sum(p.numel() for p in ppo.model.parameters())),
-        }
-    finally:
-        torch.set_num_threads(old_threads)

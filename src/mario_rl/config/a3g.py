@@ -9,10 +9,11 @@ worker runs its model on one torch thread.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-NETWORKS = ("nature", "small", "impala")
+from mario_rl.config.records import NETWORKS, RENAMED, from_dict
+
 OPTIMIZERS = ("adam", "rmsprop")
 
 
@@ -25,7 +26,7 @@ class A3GConfig:
     workers: int = 2
     """Worker processes, each with its own env and model copy (the seed used 32; on CPU one per
     core is right)."""
-    num_steps: int = 20
+    rollout_steps: int = 20
     """Steps of one rollout between two updates of the shared model (the seed's -ns)."""
     gamma: float = 0.99
     """Discount of the (shaped) game reward."""
@@ -51,9 +52,9 @@ class A3GConfig:
     shared_optimizer: bool = True
     """One optimizer whose state lives in shared memory, stepped by every worker without locks; off:
     each worker keeps its own optimizer state over the shared parameters (not checkpointed)."""
-    entropy_coef: float = 0.01
+    ent_coef: float = 0.01
     """Entropy bonus coefficient."""
-    value_coef: float = 0.5
+    vf_coef: float = 0.5
     """Value loss weight."""
     max_grad_norm: float = 40.0
     """Clip each worker's gradient to this global norm before it reaches the shared model
@@ -93,16 +94,7 @@ class A3GConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> A3GConfig:
         """Inverse of to_dict; unknown keys are an error so that typos do not pass silently."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown A3GConfig fields {unknown}; known fields are {sorted(known)}"
-            )
-        d = dict(data)
-        if "gpu_ids" in d:
-            d["gpu_ids"] = list(d["gpu_ids"])
-        return cls(**d)
+        return from_dict(cls, data, renamed=RENAMED, convert={"gpu_ids": list})
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message saying what is wrong and what would be right."""
@@ -114,7 +106,7 @@ class A3GConfig:
             raise ValueError(
                 f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}"
             )
-        for name in ("total_steps", "workers", "num_steps", "lstm_hidden"):
+        for name in ("total_steps", "workers", "rollout_steps", "lstm_hidden"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -123,7 +115,7 @@ class A3GConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        for name in ("lr_final", "entropy_coef", "value_coef", "max_grad_norm"):
+        for name in ("lr_final", "ent_coef", "vf_coef", "max_grad_norm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.adam_eps > 0 or not self.rmsprop_eps > 0:

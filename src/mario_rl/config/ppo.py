@@ -7,11 +7,12 @@ the cheap "small" encoder so that training is fast on a 2-core CPU (see docs/ fo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from mario_rl.config.records import NETWORKS, from_dict
+
 ALGOS = ("ppo", "ppo-lstm", "ppo-rnd")
-NETWORKS = ("nature", "small", "impala")
 
 
 @dataclass
@@ -128,13 +129,7 @@ class PPOConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PPOConfig:
         """Inverse of to_dict; unknown keys are an error so that typos do not pass silently."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown PPOConfig fields {unknown}; known fields are {sorted(known)}"
-            )
-        return cls(**data)
+        return from_dict(cls, data)
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message saying what is wrong and what would be right."""

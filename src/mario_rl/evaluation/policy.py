@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..algos.ppo import policy_act
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..devices import set_threads
 from ..envs import EnvConfig, action_meanings
+from ..io.checkpoint import CheckpointError, load_checkpoint, strip_prefix
 from ..models import ActorCritic, ModelSpec
+from ..rl.actions import policy_act
 from .evaluate import Policy, evaluate, summarise
 
 
@@ -59,8 +60,7 @@ def load_policy(
         env_config.validate()
         _check_fits(spec, env_config)
         model = ActorCritic(spec)
-        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(strip_prefix(tensors, "model."), strict=True)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         # torch's load errors span lines and name the keys only after the first one.
         first = " ".join(str(e).split())[:300] or type(e).__name__
@@ -102,7 +102,7 @@ def evaluate_checkpoint(
     Returns ``flag_rate`` and ``mean_x`` over all episodes, plus ``stage/<W-S>/clear_rate`` and
     ``stage/<W-S>/mean_x``, and ``stages_cleared`` (stages with a clear rate of 1).
     """
-    torch.set_num_threads(max(1, torch_threads))
+    set_threads(max(1, torch_threads))
     policy: Policy = load_policy(checkpoint, deterministic=not sample)
     env_config = policy.env_config
     if noop_max is not None:

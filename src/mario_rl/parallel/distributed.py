@@ -31,16 +31,13 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor
 
-from .algos.ppo import episode_metrics
+from mario_rl.parallel.collective import Episodes, Merged, Metrics
+from mario_rl.rl.stats import episode_metrics
+from mario_rl.seeding import rank_seed
 
 if TYPE_CHECKING:
-    from .algos.common import RunningMeanStd
-    from .algos.ppo import PPO
-    from .config.ppo import PPOConfig
-
-RANK_SEED_STRIDE = 104_729
-"""Rank r trains with seed + r * stride: a prime, so that no rank's seeds (its envs', its
-generators', the re-seed after a resume at seed + 7919 * update) meet another rank's."""
+    from mario_rl.config.ppo import PPOConfig
+    from mario_rl.rl.stats import RunningMeanStd
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -106,31 +103,9 @@ class Distributed:
     def rank_config(self, cfg: PPOConfig) -> PPOConfig:
         """This rank's copy of the PPO config: its own seed, and cuda:LOCAL_RANK for 'cuda'."""
         device = f"cuda:{self.local_rank}" if cfg.device.startswith("cuda") else cfg.device
-        return dataclasses.replace(cfg, seed=cfg.seed + self.rank * RANK_SEED_STRIDE, device=device)
-
-    def attach(self, ppo: PPO) -> None:
-        """Make ``ppo`` data-parallel: global step counting, all-reduced updates, rank 0's weights."""
-        ppo.dist = self
-        self.broadcast_trainer(ppo)
-
-    def after_resume(self, ppo: PPO) -> None:
-        """After every rank loaded rank 0's checkpoint: own random streams again, same weights."""
-        if not self.is_main:
-            # The checkpoint holds rank 0's generators; the others draw their own streams.
-            base = ppo.cfg.seed + 7919 * ppo.update
-            ppo.gen.manual_seed(base)
-            ppo.seed_collection(base + 1)
-        self.broadcast_trainer(ppo)
+        return dataclasses.replace(cfg, seed=rank_seed(cfg.seed, self.rank), device=device)
 
     # -- collectives of the update -------------------------------------------------------------
-    def broadcast_trainer(self, ppo: PPO) -> None:
-        """Rank 0's model, RND networks and running statistics on every rank."""
-        tensors = list(ppo.model.state_dict().values())
-        if ppo.rnd is not None:
-            tensors += list(ppo.rnd.state_dict().values())
-            tensors += list(ppo.int_reward_rms.state_dict().values())
-        self.broadcast_tensors(tensors)
-
     def broadcast_tensors(self, tensors: Sequence[Tensor]) -> None:
         """Overwrite ``tensors`` in place with rank 0's values (one flat broadcast per dtype)."""
         by_kind: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
@@ -215,12 +190,7 @@ class Distributed:
             raise SystemExit(payload)
         return kept, payload
 
-    def merge_update(
-        self,
-        metrics: dict[str, float],
-        episodes: list[dict[str, Any]],
-        restored: list[dict[str, Any]],
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    def merge_update(self, metrics: Metrics, episodes: Episodes, restored: Episodes) -> Merged:
         """Every rank's update metrics and finished episodes, on rank 0.
 
         Rank 0 gets the metrics averaged over the ranks, with the episode statistics (flag rate,
@@ -264,24 +234,3 @@ def from_env(timeout_s: float = 1800.0) -> Iterator[Distributed | None]:
         yield dist
     finally:
         dist.close()
-
-
-class _Nothing:
-    """Stands in for rank 0's logger, progress display, evaluations and checkpoint schedule on
-    the other ranks: every method call does nothing and returns None."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args, **kwargs: None
-
-
-NOTHING: Any = _Nothing()
-
-
-@contextlib.contextmanager
-def follower_session() -> Iterator[tuple[Any, Any, Any, Any]]:
-    """What a rank other than 0 trains inside: no logger, display or evaluations, but a signal
-    guard of its own (torchrun passes a stop on to every rank as SIGTERM)."""
-    from .runner import SignalGuard
-
-    with SignalGuard(quiet=True) as guard:
-        yield NOTHING, NOTHING, guard, NOTHING

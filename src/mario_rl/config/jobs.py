@@ -1,0 +1,123 @@
+"""A job: everything one training run is made of (env, algorithm and run options), as the command
+line builds it, as config.json records it, and as a resumed run reads it back — validated in one
+place, :meth:`validate`, wherever a job enters the program."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from mario_rl.config.a3g import A3GConfig
+from mario_rl.config.ppo import PPOConfig
+from mario_rl.config.run import RunConfig
+from mario_rl.envs import EnvConfig, parse_stages
+
+__all__ = ["A3GJob", "TrainJob"]
+
+
+def _validate(env: EnvConfig, algo: PPOConfig | A3GConfig, run: RunConfig) -> None:
+    env.validate()
+    algo.validate()
+    run.validate()
+    parse_stages(env.stages)
+
+
+def _saved(
+    path: str | os.PathLike[str],
+    saved: Mapping[str, Any],
+    algo: str,
+    cls: type[PPOConfig] | type[A3GConfig],
+    rc: RunConfig,
+    total_steps: int | None,
+) -> tuple[EnvConfig, Any, RunConfig]:
+    """(env, algorithm, run) configs of the job a run directory recorded in ``saved``."""
+    if saved.get("algo", "ppo") != algo and "a3g" in (saved.get("algo"), algo):
+        raise ValueError(
+            f"{path} is a {saved.get('algo')!r} run; resume it with --algo {saved.get('algo')}"
+        )
+    cfg = cls.from_dict(saved["a3g" if algo == "a3g" else "ppo"])
+    if total_steps is not None:
+        cfg.total_steps = total_steps
+    # Where the run lives and that it resumes come from this command; the rest from the record.
+    kept = {k: v for k, v in saved["run"].items() if k not in ("resume", "run_dir")}
+    return EnvConfig.from_dict(saved["env"]), cfg, dataclasses.replace(rc, **kept)
+
+
+@dataclasses.dataclass
+class TrainJob:
+    """Everything a PPO-family run is made of."""
+
+    env: EnvConfig
+    ppo: PPOConfig
+    run: RunConfig
+    workers: int = 2
+    """Env threads stepping the emulators."""
+    command: str = ""
+
+    @property
+    def algo(self) -> str:
+        return self.ppo.algo
+
+    def validate(self) -> None:
+        """ValueError (one line) on a bad option of any part."""
+        _validate(self.env, self.ppo, self.run)
+
+    def resumed(
+        self, path: str | os.PathLike[str], saved: Mapping[str, Any], total_steps: int | None
+    ) -> TrainJob:
+        """The job recorded in run directory ``path`` (a new ``total_steps`` may extend it)."""
+        env, ppo, run = _saved(path, saved, self.algo, PPOConfig, self.run, total_steps)
+        job = TrainJob(env, ppo, run, int(saved.get("workers", self.workers)), self.command)
+        job.validate()
+        return job
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record (config.json and checkpoints)."""
+        return {
+            "algo": self.ppo.algo,
+            "command": self.command,
+            "workers": self.workers,
+            "env": self.env.to_dict(),
+            "ppo": self.ppo.to_dict(),
+            "run": dataclasses.asdict(self.run),
+        }
+
+
+@dataclasses.dataclass
+class A3GJob:
+    """Everything an A3G run is made of."""
+
+    env: EnvConfig
+    a3g: A3GConfig
+    run: RunConfig
+    command: str = ""
+
+    @property
+    def algo(self) -> str:
+        return "a3g"
+
+    def validate(self) -> None:
+        """ValueError (one line) on a bad option of any part."""
+        _validate(self.env, self.a3g, self.run)
+
+    def resumed(
+        self, path: str | os.PathLike[str], saved: Mapping[str, Any], total_steps: int | None
+    ) -> A3GJob:
+        """The job recorded in run directory ``path`` (a new ``total_steps`` may extend it)."""
+        job = A3GJob(
+            *_saved(path, saved, self.algo, A3GConfig, self.run, total_steps), self.command
+        )
+        job.validate()
+        return job
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record (config.json and checkpoints)."""
+        return {
+            "algo": "a3g",
+            "command": self.command,
+            "env": self.env.to_dict(),
+            "a3g": self.a3g.to_dict(),
+            "run": dataclasses.asdict(self.run),
+        }
