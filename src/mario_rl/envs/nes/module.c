@@ -74,47 +74,38 @@ static int check_index(Machines *self, Py_ssize_t i) {
     return 0;
 }
 
-/* A writable, C-contiguous byte buffer of exactly `need` bytes (uint8 numpy arrays are). */
-static int get_out(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *name) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+/* A C-contiguous uint8 buffer of exactly `need` bytes (writable for outputs): numpy uint8
+ * arrays are. `what` says what it holds, for the message. */
+static int get_bytes(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *name,
+                     const char *what, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) {
         PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s must be a writable C-contiguous uint8 array", name);
+        PyErr_Format(PyExc_ValueError, "%s must be a %sC-contiguous uint8 array", name,
+                     writable ? "writable " : "");
         return -1;
     }
     if (view->itemsize != 1 || (view->format && strcmp(view->format, "B") != 0)) {
         PyBuffer_Release(view);
-        PyErr_Format(PyExc_ValueError, "%s must have dtype uint8", name);
+        PyErr_Format(PyExc_ValueError, "%s must have dtype uint8%s", name, what);
         return -1;
     }
     if (view->len != need) {
         Py_ssize_t got = view->len;
         PyBuffer_Release(view);
-        PyErr_Format(PyExc_ValueError, "%s must hold %zd bytes, got %zd", name, need, got);
+        if (writable)
+            PyErr_Format(PyExc_ValueError, "%s must hold %zd bytes, got %zd", name, need, got);
+        else
+            PyErr_Format(PyExc_ValueError, "%s must have %zd entries (one per machine), got %zd",
+                         name, need, got);
         return -1;
     }
     return 0;
 }
 
-static int get_bytes_in(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *name) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "%s must be a C-contiguous uint8 array", name);
-        return -1;
-    }
-    if (view->itemsize != 1 || (view->format && strcmp(view->format, "B") != 0)) {
-        PyBuffer_Release(view);
-        PyErr_Format(PyExc_ValueError, "%s must have dtype uint8 (button bytes 0..255)", name);
-        return -1;
-    }
-    if (view->len != need) {
-        Py_ssize_t got = view->len;
-        PyBuffer_Release(view);
-        PyErr_Format(PyExc_ValueError, "%s must have %zd entries (one per machine), got %zd",
-                     name, need, got);
-        return -1;
-    }
-    return 0;
-}
+#define get_out(obj, view, need, name) get_bytes(obj, view, need, name, "", 1)
+#define get_bytes_in(obj, view, need, name) \
+    get_bytes(obj, view, need, name, " (button bytes 0..255)", 0)
 
 typedef struct {
     nes *m;

@@ -276,24 +276,15 @@ static void detect_cpu(void) {
 static void detect_cpu(void) { have_ssse3 = 0; }
 #endif
 
-static inline void lut16(uint8_t *dst, const uint8_t *src, const uint8_t *table, int n) {
+/* dst[i] = table[src[i] % entries], entries 16 or 64 */
+static inline void lut(uint8_t *dst, const uint8_t *src, const uint8_t *table, int n, int entries) {
 #if defined(__x86_64__) || defined(__i386__)
     if (have_ssse3) {
-        lut16_ssse3(dst, src, table, n);
+        (entries == 16 ? lut16_ssse3 : lut64_ssse3)(dst, src, table, n);
         return;
     }
 #endif
-    for (int i = 0; i < n; i++) dst[i] = table[src[i] & 15];
-}
-
-static inline void lut64(uint8_t *dst, const uint8_t *src, const uint8_t *table, int n) {
-#if defined(__x86_64__) || defined(__i386__)
-    if (have_ssse3) {
-        lut64_ssse3(dst, src, table, n);
-        return;
-    }
-#endif
-    for (int i = 0; i < n; i++) dst[i] = table[src[i] & 63];
+    for (int i = 0; i < n; i++) dst[i] = table[src[i] & (entries - 1)];
 }
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -397,7 +388,7 @@ static void pixels_draw(nes *m, int x0, int x1, int y) {
     const uint8_t *colour = m->colour;
     int bg_on = (m->mask & MASK_BG) != 0;
     const uint8_t *b = bg + fx;
-    if (bg_on) lut16(row + x0, b + x0, colour, x1 - x0 + 1); /* background addresses are < 16 */
+    if (bg_on) lut(row + x0, b + x0, colour, x1 - x0 + 1, 16); /* background addresses are < 16 */
     else memset(row + x0, colour[0], (size_t)(x1 - x0 + 1));
     int hit_possible = bg_on && !m->s0;
     for (int x = lo_x; x <= hi_x; x++) {
@@ -1062,7 +1053,7 @@ static void nes_tables_init(void) {
     }
 }
 
-void nes_screen_gray(const nes *m, uint8_t *out) { lut64(out, m->screen, gray_lut, NES_SCREEN_SIZE); }
+void nes_screen_gray(const nes *m, uint8_t *out) { lut(out, m->screen, gray_lut, NES_SCREEN_SIZE, 64); }
 
 void nes_screen_rgb(const nes *m, uint8_t *out) {
     for (int i = 0; i < NES_SCREEN_SIZE; i++) {
