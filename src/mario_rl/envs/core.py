@@ -1,8 +1,9 @@
 """One group of emulators stepped together: frame skip, observations, rules and resets.
 
 A group owns N machines of one emulator backend (``emulator.py``: the native core by default,
-or nes-py); their step releases the GIL, so groups in different threads run in parallel. The vector env is a set of groups; the single env is a
-group of one. Both therefore give the same observations, rewards and terminations.
+or nes-py); their step releases the GIL, so groups in different threads run in parallel. The
+vector env is a set of groups; the single env is a group of one. Both therefore give the same
+observations, rewards and terminations.
 """
 
 from __future__ import annotations
