@@ -148,6 +148,25 @@ static inline unsigned increments(const nes *m, int x0, int x1) {
     return (unsigned)(hi - lo);
 }
 
+/* The two pattern bytes of sprite i's row on line y (vertical flip applied), fetched as nes-py
+ * fetches them: the row offset is negative for line 0's stale sprites (C truncating %), which
+ * can reach the tile before, or wrap the address past $FFFF. */
+static void sprite_row(const nes *m, unsigned i, int y, int len, unsigned *lo, unsigned *hi) {
+    int sy = m->oam[i * 4] + 1;
+    unsigned tile = m->oam[i * 4 + 1], attr = m->oam[i * 4 + 2];
+    int yo = (y - sy) % len;
+    if (attr & 0x80) yo ^= (len - 1);
+    int addr;
+    if (len == 8) {
+        addr = (int)tile * 16 + yo + ((m->ctrl & 0x08) ? 0x1000 : 0);
+    } else {
+        yo = (yo & 7) | ((yo & 8) << 1);
+        addr = ((int)(tile >> 1) * 32 + yo) | (int)((tile & 1) << 12);
+    }
+    *lo = ppu_bus_read(m, (unsigned)addr & 0xFFFF);
+    *hi = ppu_bus_read(m, (unsigned)(addr + 8) & 0xFFFF);
+}
+
 /* One pixel, exactly as nes-py computes it: background fetched from v (no pipeline), the first
  * opaque sprite of the line's list, sprite-0 hit, then the coarse-X increment. */
 static void pixel(nes *m, int x, int y, int draw) {
@@ -176,23 +195,11 @@ static void pixel(nes *m, int x, int y, int draw) {
             unsigned i = m->list[k] & 63;
             int sx = m->oam[i * 4 + 3];
             if (x - sx < 0 || x - sx >= 8) continue;
-            int sy = m->oam[i * 4] + 1;
-            unsigned tile = m->oam[i * 4 + 1];
-            unsigned attr = m->oam[i * 4 + 2];
+            unsigned attr = m->oam[i * 4 + 2], plo, phi;
+            sprite_row(m, i, y, len, &plo, &phi);
             int xs = (x - sx) % 8;
-            int yo = (y - sy) % len; /* negative on line 0's stale sprites, as in C++ */
             if (!(attr & 0x40)) xs ^= 7;
-            if (attr & 0x80) yo ^= (len - 1);
-            int addr;
-            if (len == 8) {
-                addr = (int)tile * 16 + yo + ((m->ctrl & 0x08) ? 0x1000 : 0);
-            } else {
-                yo = (yo & 7) | ((yo & 8) << 1);
-                addr = (int)(tile >> 1) * 32 + yo;
-                addr |= (int)(tile & 1) << 12;
-            }
-            spr = ((ppu_bus_read(m, (unsigned)addr & 0xFFFF) >> xs) & 1) |
-                  (((ppu_bus_read(m, (unsigned)(addr + 8) & 0xFFFF) >> xs) & 1) << 1);
+            spr = ((plo >> xs) & 1) | (((phi >> xs) & 1) << 1);
             if (!spr) continue;
             spr_opaque = 1;
             spr |= 0x10 | ((attr & 3) << 2);
@@ -359,19 +366,8 @@ static void pixels_draw(nes *m, int x0, int x1, int y) {
             int a = sx > x0 ? sx : x0, b = sx + 7 < x1 ? sx + 7 : x1;
             if (a < left) a = left;
             if (a > b) continue;
-            int sy = m->oam[i * 4] + 1;
-            unsigned tile = m->oam[i * 4 + 1], attr = m->oam[i * 4 + 2];
-            int yo = (y - sy) % len;
-            if (attr & 0x80) yo ^= (len - 1);
-            int addr;
-            if (len == 8) {
-                addr = (int)tile * 16 + yo + ((m->ctrl & 0x08) ? 0x1000 : 0);
-            } else {
-                yo = (yo & 7) | ((yo & 8) << 1);
-                addr = ((int)(tile >> 1) * 32 + yo) | (int)((tile & 1) << 12);
-            }
-            unsigned plo = ppu_bus_read(m, (unsigned)addr & 0xFFFF);
-            unsigned phi = ppu_bus_read(m, (unsigned)(addr + 8) & 0xFFFF);
+            unsigned attr = m->oam[i * 4 + 2], plo, phi;
+            sprite_row(m, i, y, len, &plo, &phi);
             uint8_t flags = (uint8_t)(0x10 | ((attr & 3) << 2) | ((attr & 0x20) ? 0 : 0x80));
             for (int x = a; x <= b; x++) {
                 if (spr[x]) continue;
