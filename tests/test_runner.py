@@ -400,3 +400,41 @@ def test_training_evaluations_can_sample():
 
     assert eval_kwargs("1-1", RunConfig())["sample"] is False
     assert eval_kwargs("1-1", RunConfig(eval_sample=True))["sample"] is True
+
+
+def test_clearing_evaluation_stops_and_names_the_best_checkpoint(tmp_path: Path) -> None:
+    from mario_rl.config.run import RunConfig
+    from mario_rl.run.evaluator import EvalResult
+    from mario_rl.run.loop import _Evaluations
+
+    sched = CheckpointSchedule(tmp_path / "ck", every=100, keep=2)
+    rows: list = []
+    log = type("Log", (), {"log": lambda self, step, row: rows.append((step, row))})()
+    out = io.StringIO()
+    rc = RunConfig(eval_every=100, stop_at_clear_rate=0.8)
+    evals = _Evaluations(None, sched, rc, 0, log, out)  # type: ignore[arg-type]
+
+    def result(step: int, rate: float) -> EvalResult:
+        path = sched.save(step, *_state(step))
+        best = sched.consider_best(path, {"flag_rate": rate, "mean_x": 3000.0}, step)
+        return EvalResult(step, path, {"flag_rate": rate, "mean_x": 3000.0}, is_best=best)
+
+    assert evals._handle([result(100, 0.7)]) is None and evals.last == "70% @ 100"
+    assert evals._handle([result(200, 0.9)]) == "stage cleared"
+    said = out.getvalue().splitlines()[-1]
+    assert said.startswith("cleared: the evaluation of step 200 reached the flag in 90%")
+    named = Path(said.split("best checkpoint ")[1].split(" ")[0])
+    assert named == sched.best_path and named.exists()  # every path printed exists
+    assert ck.read_meta(named)["step"] == 200
+    assert [s for s, _ in rows] == [100, 200]
+    # Without a target, a clear is logged and training goes on.
+    assert _Evaluations(None, sched, RunConfig(), 0, log, out)._handle([result(300, 1.0)]) is None  # type: ignore[arg-type]
+
+
+def test_progress_eta_is_a_bound_when_a_clear_can_stop_the_run() -> None:
+    clock = type("C", (), {"t": 0.0, "__call__": lambda self: self.t})()
+    out = io.StringIO()
+    prog = Progress(1000, stream=out, interactive=False, clock=clock, eta_is_bound=True)
+    clock.t = 10
+    prog.update(500, eval="80% @ 500")
+    assert "ETA <= 10s" in prog.line() and "eval 80% @ 500" in prog.line()

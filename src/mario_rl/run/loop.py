@@ -123,6 +123,8 @@ class _Evaluations:
         self.ev, self.ckpts, self.rc, self.log, self.out = ev, ckpts, rc, log, out
         every = rc.eval_every
         self.next = (start_step // every + 1) * every if every else None
+        self.last: str | None = None
+        """The latest evaluation's clear rate and step, for the progress line."""
 
     def after_step(self, step: int, saved: Path | None, make_state: Callable[[], State]) -> None:
         """Submit the checkpoint of ``step`` if an evaluation is due (saving one if need be)."""
@@ -156,8 +158,18 @@ class _Evaluations:
                 + (" (best)" if r.is_best else ""),
                 file=self.out,
             )
+            self.last = f"{rate:.0%} @ {r.step:,}"
             if self.rc.stop_at_clear_rate and rate >= self.rc.stop_at_clear_rate:
-                stop = f"evaluation clear rate {rate:.2f} reached"
+                # The clearing evaluation is the best one so far unless an earlier one was as good.
+                best = self.ckpts.best_path
+                kept = f"; best checkpoint {best}" if best.exists() else ""
+                print(
+                    f"cleared: the evaluation of step {r.step:,} reached the flag in {rate:.0%} of"
+                    f" its episodes (target {self.rc.stop_at_clear_rate:.0%}){kept}"
+                    " (--stop-at-clear-rate 0 trains on past a clear)",
+                    file=self.out,
+                )
+                stop = "stage cleared"
         return stop
 
 
@@ -211,7 +223,14 @@ def _session(
     purge = start_step + 1 if rc.resume else None
     with (
         Logger(run, purge_step=purge) as log,
-        Progress(total_steps, start_step=start_step, timer=timer, title=title, stream=out) as prog,
+        Progress(
+            total_steps,
+            start_step=start_step,
+            timer=timer,
+            title=title,
+            stream=out,
+            eta_is_bound=bool(rc.stop_at_clear_rate and rc.eval_every),
+        ) as prog,
         SignalGuard() as guard,
         EvalProcess(evaluate_checkpoint, kwargs=eval_kwargs(stages, rc), schedule=ckpts) as ev,
     ):
@@ -304,9 +323,10 @@ def run_loop(
                 if failure is not None:
                     reason, code = failure.reason, 1
                 elif main is not None:
-                    main.prog.update(step, best_x=stats.best_x, flags=stats.flags)
                     main.evals.after_step(step, main.ckpts.maybe_save(step, make_state), make_state)
                     reason = main.evals.poll()
+                    evaluated = {"eval": main.evals.last} if main.evals.last else {}
+                    main.prog.update(step, best_x=stats.best_x, flags=stats.flags, **evaluated)
                 if reason is None and guard.stop_requested:
                     reason = "stop requested (signal)"
                 # Every rank leaves the loop at the same step, or the collectives would hang.

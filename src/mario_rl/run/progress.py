@@ -70,12 +70,15 @@ class Progress:
         log_every_s: float = 30.0,
         refresh_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        eta_is_bound: bool = False,
     ) -> None:
         from rich.console import Console
 
         self.total = int(total_steps)
         self.timer = timer if timer is not None else PhaseTimer()
         self.title = title
+        self.eta_is_bound = eta_is_bound
+        """The run may stop before total_steps (when a stage is cleared): the ETA is "at most"."""
         self._clock = clock
         self._stream = stream if stream is not None else sys.stdout
         self._console = Console(file=self._stream)
@@ -123,7 +126,8 @@ class Progress:
             self._last_draw = now
 
     def _parts(self) -> list[str]:
-        parts = [f"{self.sps:,.0f} SPS", f"ETA {_fmt_duration(self.eta_s)}"]
+        eta = f"ETA {'<= ' if self.eta_is_bound else ''}{_fmt_duration(self.eta_s)}"
+        parts = [f"{self.sps:,.0f} SPS", eta]
         if self.best_x is not None:
             parts.append(f"best x {self.best_x:,.0f}")
         if self.flags is not None:
