@@ -20,9 +20,10 @@ from typing import IO, Any
 
 from .algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, NonFiniteMsg, UpdateMsg, WorkerMessage
 from .algos.ppo import PPO
+from .algos.ppo_family import make_ppo
 from .config.a3g import A3GConfig
 from .config.jobs import A3GJob, TrainJob
-from .devices import check_device
+from .devices import check_device, set_threads
 from .envs import make_vector_env, parse_stages
 from .errors import one_line
 from .io.checkpoint import load_checkpoint
@@ -127,8 +128,9 @@ def train(
     run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
     cfg = collective.rank_config(job.ppo)
 
+    set_threads(cfg.torch_threads)  # this process's learner threads (collection sets its own)
     envs = make_vector_env(job.env, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
-    ppo = PPO(cfg, envs, collective=collective)
+    ppo = make_ppo(cfg, envs, collective=collective)
     meta = None
     if checkpoint is not None:
         tensors, meta = checkpoint
