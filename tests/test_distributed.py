@@ -24,8 +24,8 @@ import torch.multiprocessing as mp
 from mario_rl.algos.ppo import PPO
 from mario_rl.algos.ppo_family import make_ppo
 from mario_rl.algos.ppo_rnd import PPORND
-from mario_rl.devices import torch_threads
 from mario_rl.config.ppo import PPOConfig
+from mario_rl.devices import torch_threads
 from mario_rl.parallel.distributed import Distributed, Launch, launch_from_env
 from mario_rl.rl.stats import RunningMeanStd
 

@@ -269,7 +269,9 @@ class Collector:
                 next_start.copy_(done_t)
                 buf.keep_next_obs(t, cols, next_obs)
                 if done_np.any():
-                    self._episode_ends(buf, model, t, r, trunc, done_np, infos, state, part.episodes)
+                    self._episode_ends(
+                        buf, model, t, r, trunc, done_np, infos, state, part.episodes
+                    )
                 for name, value in infos.get("reward_components", {}).items():
                     acc = part.components.get(name)
                     part.components[name] = value.astype(np.float64) if acc is None else acc + value

@@ -315,7 +315,9 @@ class PPO:
         """The policy and values on the samples ``idx``, with gradients."""
         return self.model(self._as_nchw(flat(self.rollout.obs_store)[idx]))
 
-    def _loss(self, terms: dict[str, Tensor], out: ACOutput, idx: Tensor, ent_coef: float) -> Tensor:
+    def _loss(
+        self, terms: dict[str, Tensor], out: ACOutput, idx: Tensor, ent_coef: float
+    ) -> Tensor:
         """The minibatch's loss from PPO's terms (a subclass adds its own, recorded in ``terms``)."""
         return terms["policy"] - ent_coef * terms["entropy"] + self.cfg.vf_coef * terms["value"]
 

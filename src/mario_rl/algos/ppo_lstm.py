@@ -23,7 +23,7 @@ from mario_rl.algos.rollout import Rollout
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.models import ACOutput, LSTMState
 
-__all__ = ["LSTMRollout", "PPOLSTM"]
+__all__ = ["PPOLSTM", "LSTMRollout"]
 
 
 class LSTMRollout(Rollout):
@@ -85,7 +85,9 @@ class PPOLSTM(PPO):
         starts = flat(buf.starts)[idx].reshape(unit, -1)
         return self.model(obs, state, starts, cfg.lstm_penalty > 0)
 
-    def _loss(self, terms: dict[str, Tensor], out: ACOutput, idx: Tensor, ent_coef: float) -> Tensor:
+    def _loss(
+        self, terms: dict[str, Tensor], out: ACOutput, idx: Tensor, ent_coef: float
+    ) -> Tensor:
         loss = super()._loss(terms, out, idx, ent_coef)
         cfg, buf = self.cfg, self.rollout
         if cfg.lstm_penalty > 0:

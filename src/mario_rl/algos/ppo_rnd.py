@@ -159,7 +159,9 @@ class PPORND(PPO):
         )
         buf.advantages = cfg.rnd_ext_coef * buf.advantages + cfg.rnd_int_coef * adv_int
 
-    def _loss(self, terms: dict[str, Tensor], out: ACOutput, idx: Tensor, ent_coef: float) -> Tensor:
+    def _loss(
+        self, terms: dict[str, Tensor], out: ACOutput, idx: Tensor, ent_coef: float
+    ) -> Tensor:
         """Both value heads' losses, and the predictor's."""
         cfg, buf = self.cfg, self.rollout
         assert out.value_int is not None
