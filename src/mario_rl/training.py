@@ -121,8 +121,8 @@ def train(
 
     Under torchrun (``collective`` a :class:`mario_rl.parallel.distributed.Distributed`) this is
     one data-parallel rank: rank 0 alone opens the run directory, logs, evaluates and
-    checkpoints; the others train with its job and checkpoint."""
-    job.validate()
+    checkpoints; the others train with its job and checkpoint. ``job`` is validated where it was
+    built (:func:`mario_rl.cli.train_job`); a resumed run's saved job by ``TrainJob.resumed``."""
     check_device(job.ppo.device)  # before the run directory exists
     kept, (job, checkpoint) = collective.from_main(lambda: _open_and_load(job, total_steps_given))
     run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
@@ -319,12 +319,11 @@ class _A3GSteps:
 
 
 def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | None = None) -> int:
-    """Run (or resume) an A3G job; returns the process exit code."""
+    """Run (or resume) a validated A3G job (see :func:`train`); returns the process exit code."""
     from .algos.a3g import A3G
     from .algos.a3g_stages import plan_workers, train_stages_spec, train_stages_warning
     from .devices import check_devices
 
-    job.validate()
     if job.a3g.train_stages:
         # The workers' stages are set per rank; the record and the evaluations use what they cover.
         job.env.stages = train_stages_spec(job.a3g.workers)
