@@ -29,31 +29,8 @@ __all__ = ["HANDLERS", "add_parsers"]
 def add_parsers(sub: Any) -> None:
     """The eval, record, plot and play subcommands."""
     ev = sub.add_parser("eval", help="per-stage clear rate and progress of a checkpoint")
-    ev.add_argument(
-        "--checkpoint", required=True, help="a checkpoint directory (e.g. runs/…/checkpoints/best)"
-    )
-    ev.add_argument(
-        "--stages",
-        default=None,
-        help="1-1, a list, all or game (default: the stages it trained on)",
-    )
-    ev.add_argument(
-        "--episodes", type=positive_int("--episodes"), default=10, help="episodes per stage"
-    )
-    ev.add_argument(
-        "--noop-max",
-        type=nonnegative_int("--noop-max"),
-        default=30,
-        help="episodes start after 0..N no-op frames (default 30)",
-    )
-    ev.add_argument(
-        "--seed", type=int, default=0, help="seed of the no-op starts (never a training stream)"
-    )
-    ev.add_argument(
-        "--sample", action="store_true", help="sample actions instead of the greedy argmax"
-    )
-    ev.add_argument("--workers", type=positive_int("--workers"), default=2, help="env threads")
-    _emulator_arg(ev)
+    _checkpoint_args(ev, episodes=10)
+    _stage_args(ev)
     ev.add_argument(
         "--json", default=None, metavar="FILE|-", help="write the JSON report (- for stdout)"
     )
@@ -61,11 +38,7 @@ def add_parsers(sub: Any) -> None:
 
     rec = sub.add_parser("record", help="GIF/MP4 of a checkpoint playing: per stage, or a grid")
     _play_args(rec, episodes=1)
-    rec.add_argument(
-        "--stages",
-        default=None,
-        help="1-1, a list, all or game (default: the stages it trained on)",
-    )
+    _stage_args(rec)
     rec.add_argument("--format", choices=["gif", "mp4"], default="gif", help="video format")
     rec.add_argument("--out", required=True, metavar="DIR", help="directory for the videos")
     rec.add_argument(
@@ -84,7 +57,6 @@ def add_parsers(sub: Any) -> None:
         default=2,
         help="--grid tiles at 1/N of 256x240 (default 2)",
     )
-    rec.add_argument("--workers", type=positive_int("--workers"), default=2, help="env threads")
 
     pl = sub.add_parser("plot", help="PNG training curves of a run, or the stage map of an eval")
     pl.add_argument("source", metavar="RUN_DIR|EVAL.json", help="a run directory or eval JSON")
@@ -100,17 +72,8 @@ def add_parsers(sub: Any) -> None:
     )
 
 
-def _emulator_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--emulator",
-        choices=list(BACKENDS),
-        default=None,
-        help="emulator backend (default: the checkpoint's; both give the same play)",
-    )
-
-
-def _play_args(p: argparse.ArgumentParser, episodes: int) -> None:
-    """Options shared by the commands that play a checkpoint (record, play)."""
+def _checkpoint_args(p: argparse.ArgumentParser, episodes: int) -> None:
+    """Options shared by the commands that play a checkpoint (eval, record, play)."""
     p.add_argument(
         "--checkpoint", required=True, help="a checkpoint directory (e.g. runs/…/checkpoints/best)"
     )
@@ -132,7 +95,27 @@ def _play_args(p: argparse.ArgumentParser, episodes: int) -> None:
     p.add_argument(
         "--sample", action="store_true", help="sample actions instead of the greedy argmax"
     )
-    _emulator_arg(p)
+    p.add_argument(
+        "--emulator",
+        choices=list(BACKENDS),
+        default=None,
+        help="emulator backend (default: the checkpoint's; both give the same play)",
+    )
+
+
+def _stage_args(p: argparse.ArgumentParser) -> None:
+    """The stages to play and the env threads playing them (eval, record)."""
+    p.add_argument(
+        "--stages",
+        default=None,
+        help="1-1, a list, all or game (default: the stages it trained on)",
+    )
+    p.add_argument("--workers", type=positive_int("--workers"), default=2, help="env threads")
+
+
+def _play_args(p: argparse.ArgumentParser, episodes: int) -> None:
+    """Options of the commands that show a checkpoint playing (record, play)."""
+    _checkpoint_args(p, episodes)
     p.add_argument(
         "--fps",
         type=positive_float("--fps"),

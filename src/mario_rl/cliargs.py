@@ -149,38 +149,30 @@ def apply(obj: Any, values: dict[str, Any], where: str) -> None:
 
 
 # -- value checks ----------------------------------------------------------------------------
-def positive_int(flag: str):
-    """An argparse type: a whole number > 0."""
+def whole_number(flag: str, minimum: int):
+    """An argparse type: a whole number >= ``minimum``."""
+    bound = "> 0" if minimum == 1 else f">= {minimum}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} expects a whole number > 0, got {text!r}"
-            ) from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a whole number > 0, got {text!r}")
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} expects a whole number {bound}, got {text!r}")
         return value
 
     return parse
+
+
+def positive_int(flag: str):
+    """An argparse type: a whole number > 0."""
+    return whole_number(flag, 1)
 
 
 def nonnegative_int(flag: str):
     """An argparse type: a whole number >= 0."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} expects a whole number >= 0, got {text!r}"
-            ) from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a whole number >= 0, got {text!r}")
-        return value
-
-    return parse
+    return whole_number(flag, 0)
 
 
 def positive_float(flag: str):

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from mario_rl.algos.collect import Collector
 from mario_rl.algos.rollout import Rollout
 from mario_rl.config.ppo import PPOConfig
-from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
+from mario_rl.io.checkpoint import prefixed, strip_prefix
+from mario_rl.io.checkpoint_checks import RESTORE_ERRORS, misfit_error
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ACOutput, ActorCritic, ModelSpec, build_model
 from mario_rl.parallel.collective import LOCAL, Collective

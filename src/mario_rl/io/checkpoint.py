@@ -42,40 +42,32 @@ from typing import TYPE_CHECKING, Any
 
 from mario_rl.io import files
 from mario_rl.io.checkpoint_checks import (
-    CHECKPOINTS_SUBDIR,
     FORMAT,
     FORMAT_VERSION,
     META_FILE,
     RECORD_KEY,
     RESERVED_META_KEYS,
-    RESTORE_ERRORS,
     WEIGHTS_FILE,
     CheckpointError,
     check_tensors,
     dtype_name,
     find_non_json,
-    misfit_error,
     read_meta,
     read_weights_bytes,
     resolve_dir,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import torch
 
+# With the names above from checkpoint_checks, for the callers that read checkpoints.
 __all__ = [
-    "CHECKPOINTS_SUBDIR",
-    "FORMAT",
     "FORMAT_VERSION",
-    "META_FILE",
-    "RECORD_KEY",
-    "RESERVED_META_KEYS",
-    "RESTORE_ERRORS",
-    "WEIGHTS_FILE",
     "CheckpointError",
     "load_checkpoint",
-    "misfit_error",
     "prefixed",
     "promote_checkpoint",
     "read_meta",
@@ -113,6 +105,22 @@ def _install_dir(tmp: Path, dst: Path) -> None:
         return
     os.rename(tmp, dst)
     files.fsync_dir(dst.parent)
+
+
+def _write_dir(dst: Path, fill: Callable[[Path], None]) -> Path:
+    """Make the checkpoint directory ``dst`` atomically: ``fill`` writes the files into a hidden
+    temporary sibling, which is fsynced and then moved into place."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = files.hidden_sibling(dst, "tmp")
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        files.fsync_dir(tmp)
+        _install_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
 
 
 def _serialize(
@@ -195,18 +203,11 @@ def save_checkpoint(
     }
     meta_bytes = (json.dumps(full_meta, indent=1, allow_nan=False) + "\n").encode()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = files.hidden_sibling(path, "tmp")
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> None:
         files.write_file_synced(tmp / WEIGHTS_FILE, data)
         files.write_file_synced(tmp / META_FILE, meta_bytes)
-        files.fsync_dir(tmp)
-        _install_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    return _write_dir(path, fill)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -264,10 +265,8 @@ def promote_checkpoint(
         if problem:
             raise ValueError(f"extra_meta must be strict JSON: {problem}")
         meta = {**meta, **extra_meta}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = files.hidden_sibling(dst, "tmp")
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> None:
         files.link_or_copy(src_dir / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
         if extra_meta:
             files.write_file_synced(
@@ -275,12 +274,8 @@ def promote_checkpoint(
             )
         else:
             files.link_or_copy(src_dir / META_FILE, tmp / META_FILE)
-        files.fsync_dir(tmp)
-        _install_dir(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+
+    return _write_dir(dst, fill)
 
 
 def prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -102,6 +102,15 @@ def sniff_refused(head: bytes) -> str | None:
     return None
 
 
+def _read_refusing_pickles(path: Path, why: str) -> bytes:
+    """The bytes of ``path``, unless they are a pickle or a zip (refused: ``why``)."""
+    data = path.read_bytes()
+    kind = sniff_refused(data[:8])
+    if kind:
+        raise CheckpointError(f"refusing {path}: it is {kind}, {why}")
+    return data
+
+
 def resolve_dir(path: Path) -> Path:
     """The checkpoint directory a user's path names (the directory, or a file inside it)."""
     if not path.exists():
@@ -155,12 +164,7 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"{meta_path} is {size} bytes; a meta.json larger than {_MAX_META_BYTES} bytes is refused"
         )
-    raw = meta_path.read_bytes()
-    kind = sniff_refused(raw[:8])
-    if kind:
-        raise CheckpointError(
-            f"refusing {meta_path}: it is {kind}, not JSON; meta.json must be a JSON object"
-        )
+    raw = _read_refusing_pickles(meta_path, "not JSON; meta.json must be a JSON object")
     try:
         meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -221,12 +225,7 @@ def read_weights_bytes(ckpt: Path, meta: Mapping[str, Any]) -> bytes:
         raise CheckpointError(
             f"{ckpt} is not a checkpoint: missing {WEIGHTS_FILE} next to {META_FILE}"
         )
-    data = wpath.read_bytes()
-    kind = sniff_refused(data[:8])
-    if kind:
-        raise CheckpointError(
-            f"refusing {wpath}: it is {kind}, not safetensors; loading pickles can run arbitrary code"
-        )
+    data = _read_refusing_pickles(wpath, "not safetensors; loading pickles can run arbitrary code")
     rec = meta[RECORD_KEY]
     if len(data) != rec["weights_bytes"]:
         raise CheckpointError(
