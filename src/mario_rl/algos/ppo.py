@@ -52,7 +52,7 @@ def flat(x: Tensor) -> Tensor:
 class PPO:
     """Plain PPO over a vector env (or without one, for speed measurements).
 
-    Typical loop (the one in :mod:`mario_rl.run.loop`)::
+    Typical loop (:mod:`mario_rl.run.loop` runs it through ``training._PPOSteps``)::
 
         ppo = make_ppo(cfg, envs)                    # PPO, PPOLSTM or PPORND, as cfg.algo says
         while ppo.global_step < cfg.total_steps:
