@@ -15,12 +15,22 @@ from safetensors.torch import save as st_save
 
 from fake_env import FakeVectorEnv, GroupedFakeVectorEnv
 from mario_rl.algos.ppo import PPO
+from mario_rl.algos.ppo_family import TRAINERS, make_ppo
 from mario_rl.bench import measure_learn_speed
 from mario_rl.config.ppo import PPOConfig
+from mario_rl.devices import torch_threads
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.rl.advantages import discounted_running_returns, gae
 from mario_rl.rl.losses import ppo_losses
 from mario_rl.rl.stats import RunningMeanStd, explained_variance, linear_schedule
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """What an entry point does with tiny()'s torch_threads=1 (tests run beside other jobs;
+    OpenMP spinning on a busy core is slow)."""
+    with torch_threads(1):
+        yield
 
 
 def tiny(algo: str = "ppo", **kw) -> PPOConfig:
@@ -174,7 +184,7 @@ class Recorder:
 @pytest.mark.parametrize("algo", ["ppo", "ppo-lstm"])
 def test_truncated_episodes_bootstrap_from_final_obs(algo: str) -> None:
     env = Recorder(FakeVectorEnv(num_envs=2, goal=1000, max_len=5, death_p=0.0))
-    ppo = PPO(tiny(algo), env)
+    ppo = make_ppo(tiny(algo), env)
     ppo.collect()
     assert len(env.steps) == 16
     checked = 0
@@ -205,7 +215,7 @@ def test_truncated_episodes_bootstrap_from_final_obs(algo: str) -> None:
 
 
 def test_target_kl_stops_the_update_early() -> None:
-    ppo = PPO(tiny(epochs=5, target_kl=1e-9, lr=1e-2), FakeVectorEnv(num_envs=2))
+    ppo = make_ppo(tiny(epochs=5, target_kl=1e-9, lr=1e-2), FakeVectorEnv(num_envs=2))
     ppo.collect()
     m = ppo.learn()
     assert m["debug/early_stop"] == 1.0 and m["debug/epochs"] < 5
@@ -221,7 +231,7 @@ def test_linear_schedules_follow_updates() -> None:
         ent_coef_final=0.0,
         total_steps=128,
     )
-    ppo = PPO(cfg, FakeVectorEnv(num_envs=2))  # 4 updates in total
+    ppo = make_ppo(cfg, FakeVectorEnv(num_envs=2))  # 4 updates in total
     lrs = []
     for _ in range(3):
         ppo.collect()
@@ -233,7 +243,7 @@ def test_linear_schedules_follow_updates() -> None:
 # -- smoke runs and checkpoints ---------------------------------------------------------------
 @pytest.mark.parametrize("algo", ["ppo", "ppo-lstm", "ppo-rnd"])
 def test_smoke_metrics(algo: str) -> None:
-    ppo = PPO(
+    ppo = make_ppo(
         tiny(algo, lstm_penalty=0.01 if algo == "ppo-lstm" else 0.0),
         FakeVectorEnv(num_envs=2, max_len=12),
     )
@@ -253,7 +263,7 @@ def test_smoke_metrics(algo: str) -> None:
 
 @pytest.mark.parametrize("algo", ["ppo", "ppo-lstm", "ppo-rnd"])
 def test_async_collect_overlaps_and_lags_one_update(algo: str) -> None:
-    ppo = PPO(tiny(algo, async_collect=True), FakeVectorEnv(num_envs=2, max_len=12))
+    ppo = make_ppo(tiny(algo, async_collect=True), FakeVectorEnv(num_envs=2, max_len=12))
     try:
         m1 = ppo.collect()
         assert all(0 < ep["step"] <= 32 for ep in ppo.episodes)
@@ -264,7 +274,7 @@ def test_async_collect_overlaps_and_lags_one_update(algo: str) -> None:
         assert all(32 < ep["step"] <= 64 for ep in ppo.episodes)
         ppo.learn()
         buf = ppo.rollout
-        snapshot = PPO(tiny(algo), obs_shape=(4, 84, 84), n_actions=3).model
+        snapshot = make_ppo(tiny(algo), obs_shape=(4, 84, 84), n_actions=3).model
         snapshot.load_state_dict(first_actor)
         if algo != "ppo-lstm":  # the LSTM's logprobs also depend on the carried state
             with torch.no_grad():
@@ -281,7 +291,7 @@ def test_async_collect_overlaps_and_lags_one_update(algo: str) -> None:
 @pytest.mark.parametrize("algo", ["ppo", "ppo-lstm", "ppo-rnd"])
 def test_group_collect_stores_each_groups_steps_in_its_own_columns(algo: str) -> None:
     env = GroupedFakeVectorEnv(groups=2, envs_per_group=2, max_len=5, death_p=0.1)
-    ppo = PPO(tiny(algo, num_envs=4), env)
+    ppo = make_ppo(tiny(algo, num_envs=4), env)
     ppo.collect()
     buf = ppo.rollout
     with torch.no_grad():
@@ -321,8 +331,8 @@ def test_group_collect_stores_each_groups_steps_in_its_own_columns(algo: str) ->
 
 def test_group_collect_checkpoint_round_trip_gives_the_same_next_update() -> None:
     cfg = tiny("ppo-lstm", num_envs=4)
-    a = PPO(cfg, GroupedFakeVectorEnv(groups=2, envs_per_group=2, death_p=0.1))
-    assert len(a.collect_gens) == 2
+    a = make_ppo(cfg, GroupedFakeVectorEnv(groups=2, envs_per_group=2, death_p=0.1))
+    assert len(a.collector.gens) == 2
     a.collect()
     a.learn()
     tensors, meta = _through_disk(*a.state_dict())
@@ -330,7 +340,7 @@ def test_group_collect_checkpoint_round_trip_gives_the_same_next_update() -> Non
     env_at_save = copy.deepcopy(a.envs)
     a.collect()
     ma = a.learn()
-    b = PPO(cfg, GroupedFakeVectorEnv(groups=2, envs_per_group=2, seed=99))
+    b = make_ppo(cfg, GroupedFakeVectorEnv(groups=2, envs_per_group=2, seed=99))
     b.envs = env_at_save
     b.load_state_dict(tensors, meta, restore_env_state=True)
     b.collect()
@@ -341,10 +351,10 @@ def test_group_collect_checkpoint_round_trip_gives_the_same_next_update() -> Non
 
 
 def test_group_collect_off_steps_all_envs_together() -> None:
-    ppo = PPO(tiny("ppo", num_envs=4, group_collect=False), FakeVectorEnv(num_envs=4))
-    assert ppo._groups() == [range(4)] and len(ppo.collect_gens) == 1
+    ppo = make_ppo(tiny("ppo", num_envs=4, group_collect=False), FakeVectorEnv(num_envs=4))
+    assert ppo.collector.groups() == [range(4)] and len(ppo.collector.gens) == 1
     env = GroupedFakeVectorEnv(groups=2, envs_per_group=2, max_len=1000, death_p=0.0)
-    ppo = PPO(tiny("ppo", num_envs=4, group_collect=False), env)
+    ppo = make_ppo(tiny("ppo", num_envs=4, group_collect=False), env)
     ppo.collect()
     assert env.lockstep_calls == 16 and env.group_steps == [[], []]
 
@@ -357,7 +367,7 @@ def _through_disk(tensors: dict, meta: dict) -> tuple[dict, dict]:
 @pytest.mark.parametrize("algo", ["ppo", "ppo-lstm", "ppo-rnd"])
 def test_checkpoint_round_trip_gives_the_same_next_update(algo: str) -> None:
     cfg = tiny(algo, lr_schedule="linear", lstm_penalty=0.01 if algo == "ppo-lstm" else 0.0)
-    a = PPO(cfg, FakeVectorEnv(num_envs=2, death_p=0.1))
+    a = make_ppo(cfg, FakeVectorEnv(num_envs=2, death_p=0.1))
     a.collect()
     a.learn()
     tensors, meta = _through_disk(*a.state_dict())
@@ -365,7 +375,7 @@ def test_checkpoint_round_trip_gives_the_same_next_update(algo: str) -> None:
     a.collect()
     ma = a.learn()
 
-    b = PPO(cfg, FakeVectorEnv(num_envs=2, seed=99))
+    b = make_ppo(cfg, FakeVectorEnv(num_envs=2, seed=99))
     b.envs = env_at_save
     b.load_state_dict(tensors, meta, restore_env_state=True)
     b.collect()
@@ -382,14 +392,22 @@ def test_checkpoint_round_trip_gives_the_same_next_update(algo: str) -> None:
 
 
 def test_checkpoint_refuses_another_architecture() -> None:
-    tensors, meta = PPO(tiny("ppo"), FakeVectorEnv(num_envs=2)).state_dict()
-    other = PPO(tiny("ppo", network="nature"), FakeVectorEnv(num_envs=2))
+    tensors, meta = make_ppo(tiny("ppo"), FakeVectorEnv(num_envs=2)).state_dict()
+    other = make_ppo(tiny("ppo", network="nature"), FakeVectorEnv(num_envs=2))
     with pytest.raises(
         ValueError, match="network: checkpoint has 'small', this run needs 'nature'"
     ):
         other.load_state_dict(tensors, meta)
     with pytest.raises(ValueError, match="checkpoint is for algo 'ppo'"):
-        PPO(tiny("ppo-lstm"), FakeVectorEnv(num_envs=2)).load_state_dict(tensors, meta)
+        make_ppo(tiny("ppo-lstm"), FakeVectorEnv(num_envs=2)).load_state_dict(tensors, meta)
+
+
+def test_make_ppo_picks_the_trainer_the_config_names() -> None:
+    for algo, cls in TRAINERS.items():
+        ppo = make_ppo(tiny(algo), obs_shape=(4, 84, 84), n_actions=3)
+        assert type(ppo) is cls and ppo.algo == algo
+    with pytest.raises(ValueError, match="PPO trains algo 'ppo', the config says 'ppo-lstm'"):
+        PPO(tiny("ppo-lstm"), obs_shape=(4, 84, 84), n_actions=3)
 
 
 def test_optimizer_flat_round_trip() -> None:
@@ -423,7 +441,7 @@ def test_smoke_on_the_real_env() -> None:
     env = envs_mod.make_vector_env(envs_mod.EnvConfig(stages="1-1"), num_envs=2, workers=1, seed=0)
     try:
         for algo in ("ppo", "ppo-lstm", "ppo-rnd"):
-            ppo = PPO(tiny(algo, rnd_init_steps=2), env)
+            ppo = make_ppo(tiny(algo, rnd_init_steps=2), env)
             m = ppo.collect() | ppo.learn()
             assert math.isfinite(m["losses/policy"]) and ppo.global_step == 32
             assert ppo.rollout.obs.dtype == torch.uint8 and int(ppo.rollout.obs.max()) > 0
@@ -436,7 +454,7 @@ def test_group_collect_on_the_real_env_replays_in_lockstep() -> None:
 
     cfg = EnvConfig(stages="1-1", stall_steps=6)
     env = make_vector_env(cfg, num_envs=4, workers=2, seed=0)
-    ppo = PPO(tiny("ppo", num_envs=4), env)
+    ppo = make_ppo(tiny("ppo", num_envs=4), env)
     ppo.collect()
     env.close()
     buf = ppo.rollout

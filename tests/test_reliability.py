@@ -28,6 +28,7 @@ import torch
 from checkpoints import fresh_checkpoint
 from mario_rl.algos.a3g import A3G
 from mario_rl.algos.ppo import PPO
+from mario_rl.algos.ppo_family import make_ppo
 from mario_rl.cli import main
 from mario_rl.config import RunConfig
 from mario_rl.config.a3g import A3GConfig
@@ -89,7 +90,7 @@ def trainer_checkpoint(
     else:
         job = TrainJob(env, _tiny_ppo(algo, network), RunConfig(), workers=1)
         n = len(action_meanings(actions))
-        tensors, meta = PPO(job.ppo, obs_shape=(4, 84, 84), n_actions=n).state_dict()
+        tensors, meta = make_ppo(job.ppo, obs_shape=(4, 84, 84), n_actions=n).state_dict()
     meta |= {"env_config": env.to_dict(), "job": job.to_dict(), "stats": {}, "step": 0}
     return save_checkpoint(path, tensors, meta), job
 

@@ -169,16 +169,17 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     """
     import torch
 
-    from .algos.ppo import PPO
-    from .devices import check_device
+    from .algos.ppo_family import make_ppo
+    from .devices import check_device, set_threads
 
     cfg, env_cfg = job.ppo, job.env
     check_device(cfg.device)
+    set_threads(cfg.torch_threads)  # as a training run does
     # The reference steps the env the way the collector will: by groups or all together.
     grouped = cfg.group_collect and job.workers > 1
     env_fps, env_sps = _pipeline(env_cfg, cfg.num_envs, job.workers, seconds / 2, grouped)
     envs = make_vector_env(env_cfg, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
-    ppo = PPO(cfg, envs)
+    ppo = make_ppo(cfg, envs)
     ppo.collect()  # warm-up: allocator, oneDNN kernels, first episodes
     ppo.learn()
     phases = {"env": 0.0, "inference": 0.0, "learn": 0.0, "other": 0.0}
@@ -301,9 +302,9 @@ def measure_learn_speed(
     and the parameter count. Uses ``threads`` torch threads (restored afterwards)."""
     import torch
 
-    from .algos.ppo import PPO
+    from .algos.ppo_family import make_ppo
     from .config.ppo import PPOConfig
-    from .devices import torch_threads
+    from .devices import set_threads, torch_threads
     from .rl.actions import sample_actions
 
     old_threads = torch.get_num_threads()
@@ -318,7 +319,8 @@ def measure_learn_speed(
         channels_last=channels_last,
     )
     try:
-        ppo = PPO(cfg, obs_shape=obs_shape, n_actions=n_actions)
+        set_threads(threads)
+        ppo = make_ppo(cfg, obs_shape=obs_shape, n_actions=n_actions)
         ppo.fill_random_rollout()
         ppo.learn()  # warm-up (allocator, oneDNN primitive cache)
         best = 0.0

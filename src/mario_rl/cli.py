@@ -1,6 +1,9 @@
 """The ``mario-rl`` command line: parse, validate, dispatch. Nothing imports this module.
 
-Every bad input ends as one line on stderr (``mario-rl: error: …``) and exit code 2.
+Here: the parser, ``train`` and ``bench`` (flags + preset → a job, validated once, where it is
+built: :func:`train_job`) and ``presets``; the commands that use a trained checkpoint (``eval``,
+``record``, ``plot``, ``play``) are in :mod:`mario_rl.cli_media`. Every bad input ends as one
+line on stderr (``mario-rl: error: …``) and exit code 2.
 """
 
 from __future__ import annotations
@@ -9,27 +12,22 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from . import cliargs
+from . import cli_media, cliargs
+from .cliargs import (
+    Parser,
+    UsageError,
+    positive_float,
+    positive_int,
+    stage_list,
+    stage_spec,
+)
 from .envs import EnvConfig, RewardConfig
-from .envs.emulator import BACKENDS
 
 PROG = "mario-rl"
 DEFAULT_PPO_PRESET = "cpu-1-1"
 """The preset plain ``mario-rl train`` uses when none is given (docs/results.md)."""
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (its default prints the whole usage first)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message.replace("\n", " "))
 
 
 def _env_args(p: argparse.ArgumentParser) -> None:
@@ -40,25 +38,25 @@ def _env_args(p: argparse.ArgumentParser) -> None:
 
 
 def env_config(ns: argparse.Namespace, base: EnvConfig | None = None) -> EnvConfig:
-    """The EnvConfig from defaults (or ``base``) plus the flags given."""
+    """The EnvConfig from defaults (or ``base``) plus the flags given (validated by the caller,
+    with the job it is part of)."""
     cfg = base or EnvConfig()
     cliargs.apply(cfg, cliargs.given(ns, "env"), "environment")
     cliargs.apply(cfg.reward, cliargs.given(ns, "reward"), "reward")
-    cfg.validate()
     return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand."""
-    parser = _Parser(prog=PROG, description="Train and watch RL agents playing Super Mario Bros.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog=PROG, description="Train and watch RL agents playing Super Mario Bros.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     bench = sub.add_parser("bench", help="measure speed (env pipeline, training)")
-    bsub = bench.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    bsub = bench.add_subparsers(dest="what", required=True, parser_class=Parser)
     be = bsub.add_parser("env", help="raw emulator vs full pipeline frame rate")
-    be.add_argument("--envs", type=_positive_int("--envs"), default=8, help="number of envs")
-    be.add_argument("--workers", type=_positive_int("--workers"), default=1, help="env threads")
-    be.add_argument("--seconds", type=_positive_float("--seconds"), default=20.0)
+    be.add_argument("--envs", type=positive_int("--envs"), default=8, help="number of envs")
+    be.add_argument("--workers", type=positive_int("--workers"), default=1, help="env threads")
+    be.add_argument("--seconds", type=positive_float("--seconds"), default=20.0)
     be.add_argument("--json", action="store_true", help="print JSON only")
     _env_args(be)
 
@@ -66,42 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(tr)
     bt = bsub.add_parser("train", help="env-only rate vs training rate, per-phase shares")
     _train_args(bt)
-    bt.add_argument("--seconds", type=_positive_float("--seconds"), default=60.0)
+    bt.add_argument("--seconds", type=positive_float("--seconds"), default=60.0)
     bt.add_argument("--json", action="store_true", help="print JSON only")
 
     sub.add_parser("presets", help="list the preset files shipped with mario-rl")
 
-    ev = sub.add_parser("eval", help="per-stage clear rate and progress of a checkpoint")
-    ev.add_argument(
-        "--checkpoint", required=True, help="a checkpoint directory (e.g. runs/…/checkpoints/best)"
-    )
-    ev.add_argument(
-        "--stages",
-        default=None,
-        help="1-1, a list, all or game (default: the stages it trained on)",
-    )
-    ev.add_argument(
-        "--episodes", type=_positive_int("--episodes"), default=10, help="episodes per stage"
-    )
-    ev.add_argument(
-        "--noop-max",
-        type=_nonnegative_int("--noop-max"),
-        default=30,
-        help="episodes start after 0..N no-op frames (default 30)",
-    )
-    ev.add_argument(
-        "--seed", type=int, default=0, help="seed of the no-op starts (never a training stream)"
-    )
-    ev.add_argument(
-        "--sample", action="store_true", help="sample actions instead of the greedy argmax"
-    )
-    ev.add_argument("--workers", type=_positive_int("--workers"), default=2, help="env threads")
-    _emulator_arg(ev)
-    ev.add_argument(
-        "--json", default=None, metavar="FILE|-", help="write the JSON report (- for stdout)"
-    )
-    ev.add_argument("--csv", default=None, metavar="FILE", help="write a CSV table")
-    _media_parsers(sub)
+    cli_media.add_parsers(sub)  # eval, record, plot, play
     return parser
 
 
@@ -160,7 +128,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_positive_int("--workers"),
+        type=positive_int("--workers"),
         default=None,
         help="PPO: env threads stepping the emulators (default: 2, at most --envs); "
         "a3g: worker processes (default: 2)",
@@ -233,7 +201,7 @@ def train_job(ns: argparse.Namespace, command: str = ""):
     # Plain PPO without a preset gets the settings that cleared 1-1 fastest on the 2-core CPU.
     preset = ns.preset or (DEFAULT_PPO_PRESET if algo in (None, "ppo") else None)
     if preset:
-        sections = preset_sections(preset, list(_stage_list(stages)))
+        sections = preset_sections(preset, list(stage_list(stages)))
         if sections["a3g"] and not sections["ppo"]:
             raise UsageError(f"preset {preset!r} is for A3G; use it with --algo a3g")
         cliargs.apply(env, sections["env"], "preset env")
@@ -261,7 +229,7 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
 
     env, a3g, run = EnvConfig(), A3GConfig(), RunConfig()
     if ns.preset:
-        sections = preset_sections(ns.preset, list(_stage_list(stages)), algo_section="a3g")
+        sections = preset_sections(ns.preset, list(stage_list(stages)), algo_section="a3g")
         if sections["ppo"] and not sections["a3g"]:
             raise UsageError(
                 f"preset {ns.preset!r} is for the PPO family; it has no [a3g] table for --algo a3g"
@@ -290,7 +258,7 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
             "--log-every counts PPO updates; A3G writes metric rows by time: use --log-interval-s"
         )
     cliargs.apply(run, run_flags, "run")
-    if a3g.train_stages and _stage_spec(cliargs.given(ns, "env").get("stages")) not in (
+    if a3g.train_stages and stage_spec(cliargs.given(ns, "env").get("stages")) not in (
         None,
         "all",
     ):
@@ -300,12 +268,6 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
     job = A3GJob(env_config(ns, env), a3g, run, command)
     job.validate()
     return job
-
-
-def _stage_list(stages: str) -> tuple[str, ...]:
-    from .envs import parse_stages
-
-    return parse_stages(stages).stages
 
 
 def _train(ns: argparse.Namespace) -> int:
@@ -339,256 +301,6 @@ def _bench_train(ns: argparse.Namespace) -> int:
     return _report(bench_train(job, seconds=ns.seconds), ns.json)
 
 
-def _eval(ns: argparse.Namespace) -> int:
-    from .evaluation.evaluate import evaluate, game_runs, summarise
-    from .evaluation.report import as_csv, as_json, as_text
-
-    for flag, target in (("--json", ns.json), ("--csv", ns.csv)):
-        if target and target != "-" and not Path(target).parent.is_dir():
-            raise UsageError(f"{flag}: directory {Path(target).parent} does not exist")
-    stages = _stage_spec(ns.stages)  # a bad list is refused before any loading
-    policy = _load_policy(ns.checkpoint, ns.sample)
-    env_config = _play_config(ns, policy)
-    stages = stages or _stage_spec(env_config.stages)
-    reports = evaluate(policy, env_config, stages, ns.episodes, seed=ns.seed, workers=ns.workers)
-    table = summarise(reports)
-    runs = game_runs(reports["game"]) if "game" in reports else None
-    extra = {
-        "stages_spec": stages,
-        "seed": ns.seed,
-        "noop_max": ns.noop_max,
-        "greedy": not ns.sample,
-        "emulator": env_config.emulator,
-    }
-    if runs is not None:
-        extra["game"] = {"runs": runs}
-    doc = as_json(str(ns.checkpoint), ns.episodes, table, extra)
-    if ns.json == "-":
-        print(doc)
-    else:
-        print(as_text(table, runs))
-        if ns.json:
-            Path(ns.json).write_text(doc + "\n")
-    if ns.csv:
-        Path(ns.csv).write_text(as_csv(table))
-    return 0
-
-
-def _stage_spec(text: str | None) -> str | None:
-    """The normalised stage selection of a --stages value (None when not given)."""
-    from .envs import parse_stages
-
-    return None if text is None else parse_stages(text).spec
-
-
-def _load_policy(path: str, sample: bool):
-    """The checkpoint's policy, or a one-line UsageError saying why it cannot be used."""
-
-    from .devices import set_threads
-    from .evaluation.policy import load_policy
-    from .io.checkpoint import CheckpointError
-
-    # Batched inference of a few frames: one torch thread beats OpenMP threads that wait on
-    # cores the emulator threads (or a training run) keep busy.
-    set_threads(1)
-    try:
-        return load_policy(path, deterministic=not sample)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
-
-
-def _emulator_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--emulator",
-        choices=list(BACKENDS),
-        default=None,
-        help="emulator backend (default: the checkpoint's; both give the same play)",
-    )
-
-
-def _play_config(ns: argparse.Namespace, policy) -> EnvConfig:
-    """The env of a checkpoint being played, with the command's no-op starts and emulator."""
-    env_config = policy.env_config
-    env_config.noop_max = ns.noop_max
-    if ns.emulator:
-        env_config.emulator = ns.emulator
-    return env_config
-
-
-def _play_args(p: argparse.ArgumentParser, episodes: int) -> None:
-    """Options shared by the commands that play a checkpoint (record, play)."""
-    p.add_argument(
-        "--checkpoint", required=True, help="a checkpoint directory (e.g. runs/…/checkpoints/best)"
-    )
-    p.add_argument(
-        "--episodes",
-        type=_positive_int("--episodes"),
-        default=episodes,
-        help=f"episodes per stage (default {episodes})",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the no-op starts (never a training stream)"
-    )
-    p.add_argument(
-        "--noop-max",
-        type=_nonnegative_int("--noop-max"),
-        default=30,
-        help="episodes start after 0..N no-op frames (default 30)",
-    )
-    p.add_argument(
-        "--sample", action="store_true", help="sample actions instead of the greedy argmax"
-    )
-    _emulator_arg(p)
-    p.add_argument(
-        "--fps",
-        type=_positive_float("--fps"),
-        default=None,
-        help="frames per second (default: the game's own speed)",
-    )
-
-
-def _media_parsers(sub) -> None:
-    """The record, plot and play subcommands."""
-    rec = sub.add_parser("record", help="GIF/MP4 of a checkpoint playing: per stage, or a grid")
-    _play_args(rec, episodes=1)
-    rec.add_argument(
-        "--stages",
-        default=None,
-        help="1-1, a list, all or game (default: the stages it trained on)",
-    )
-    rec.add_argument("--format", choices=["gif", "mp4"], default="gif", help="video format")
-    rec.add_argument("--out", required=True, metavar="DIR", help="directory for the videos")
-    rec.add_argument(
-        "--grid", action="store_true", help="one video with every stage side by side (grid.gif)"
-    )
-    rec.add_argument(
-        "--every",
-        type=_positive_int("--every"),
-        default=None,
-        help="keep every K-th agent step (default 1; 2 with --grid): smaller files",
-    )
-    rec.add_argument(
-        "--tile-shrink",
-        type=int,
-        choices=[1, 2, 4],
-        default=2,
-        help="--grid tiles at 1/N of 256x240 (default 2)",
-    )
-    rec.add_argument("--workers", type=_positive_int("--workers"), default=2, help="env threads")
-
-    pl = sub.add_parser("plot", help="PNG training curves of a run, or the stage map of an eval")
-    pl.add_argument("source", metavar="RUN_DIR|EVAL.json", help="a run directory or eval JSON")
-    pl.add_argument("--out", default=None, metavar="DIR", help="directory (default: beside it)")
-
-    pa = sub.add_parser("play", help="watch a checkpoint play live in a window")
-    _play_args(pa, episodes=1)
-    pa.add_argument(
-        "--stage", default=None, help="one stage or game (default: its first training stage)"
-    )
-    pa.add_argument(
-        "--scale", type=_positive_int("--scale"), default=2, help="window size, x 256x240"
-    )
-
-
-def _out_dir(text: str) -> Path:
-    """An output directory that exists or can be made (nothing is created yet)."""
-    out = Path(text)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out: {out} is a file; pass a directory (it is created if missing)")
-    return out
-
-
-def _record(ns: argparse.Namespace) -> int:
-    from .evaluation.media import realtime_fps, record, save_clips, save_grid
-
-    stages = _stage_spec(ns.stages)
-    out = _out_dir(ns.out)
-    policy = _load_policy(ns.checkpoint, ns.sample)
-    env_config = _play_config(ns, policy)
-    stages = stages or _stage_spec(env_config.stages)
-    every = ns.every or (2 if ns.grid else 1)
-    clips, palette, reports = record(
-        policy,
-        env_config,
-        stages,
-        ns.episodes,
-        seed=ns.seed,
-        workers=ns.workers,
-        every=every,
-        shrink=ns.tile_shrink if ns.grid else 1,
-    )
-    fps = ns.fps or realtime_fps(env_config, every)
-    if ns.grid:
-        paths = [save_grid(clips, palette, out / f"grid.{ns.format}", ns.format, fps)]
-    else:
-        paths = save_clips(clips, palette, out, ns.format, fps)
-    for report in reports.values():
-        for ep in report.episodes:
-            print(
-                f"{ep.path[0].stage}: x {ep.x_max} ({ep.start.progress:.0%}), "
-                f"{'cleared' if ep.cleared else 'not cleared'}, {ep.stages_cleared} flag(s), "
-                f"ended by {ep.reason} after {ep.steps} steps"
-            )
-    for path in paths:
-        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return 0
-
-
-def _plot(ns: argparse.Namespace) -> int:
-    from .evaluation.plots import success_map, training_curves
-    from .run.logger import read_metrics
-
-    src = Path(ns.source)
-    hint = "pass a run directory (holding metrics.jsonl) or an eval JSON (mario-rl eval --json)"
-    if not src.exists():
-        raise UsageError(f"{src} does not exist; {hint}")
-    out = _out_dir(ns.out) if ns.out else (src if src.is_dir() else src.parent)
-    if src.is_dir() or src.name.endswith(".jsonl"):
-        metrics = src / "metrics.jsonl" if src.is_dir() else src
-        rows = read_metrics(metrics)
-        if not rows:
-            raise UsageError(f"{metrics} is missing or has no metric rows; {hint}")
-        out.mkdir(parents=True, exist_ok=True)
-        name = src.name if src.is_dir() else src.parent.name
-        path = training_curves(rows, out / "training-curves.png", title=name)
-    else:
-        try:
-            doc = json.loads(src.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UsageError(f"{src} is not JSON ({e}); {hint}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("stages"), dict):
-            raise UsageError(f"{src} has no 'stages' table; {hint}")
-        for stage, row in doc["stages"].items():
-            rate = row.get("clear_rate") if isinstance(row, dict) else None
-            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
-                raise UsageError(
-                    f"{src}: stage {stage!r} has no clear_rate in [0, 1] (got {rate!r}); {hint}"
-                )
-        out.mkdir(parents=True, exist_ok=True)
-        path = success_map(doc, out / f"{src.stem}-success-map.png")
-    print(f"wrote {path}")
-    return 0
-
-
-def _play(ns: argparse.Namespace) -> int:
-    from .evaluation.watch import DisplayError, open_viewer, play
-
-    stage = _stage_spec(ns.stage)
-    if stage is not None and stage != "game" and len(_stage_list(stage)) != 1:
-        raise UsageError(f"--stage takes one stage (1-1 … 8-4) or game, got {ns.stage!r}")
-    policy = _load_policy(ns.checkpoint, ns.sample)
-    env_config = _play_config(ns, policy)
-    if stage is None:
-        sel = _stage_spec(env_config.stages)
-        stage = "game" if sel == "game" else _stage_list(sel)[0]
-    try:
-        viewer = open_viewer(f"mario-rl: {stage}", scale=ns.scale)
-    except DisplayError as e:
-        raise UsageError(str(e)) from None
-    play(policy, env_config, stage, viewer, episodes=ns.episodes, seed=ns.seed, fps=ns.fps)
-    return 0
-
-
 def _presets(ns: argparse.Namespace) -> int:
     from .config import list_presets
 
@@ -597,57 +309,14 @@ def _presets(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} expects a whole number > 0, got {text!r}"
-            ) from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a whole number > 0, got {text!r}")
-        return value
-
-    return parse
-
-
-def _nonnegative_int(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{flag} expects a whole number >= 0, got {text!r}"
-            ) from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} expects a whole number >= 0, got {text!r}")
-        return value
-
-    return parse
-
-
-def _positive_float(flag: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number > 0, got {text!r}") from None
-        if not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"{flag} expects a finite number > 0, got {text!r}")
-        return value
-
-    return parse
-
-
 def _bench_env(ns: argparse.Namespace) -> int:
     from .bench import bench_env
 
     if ns.workers > ns.envs:
         raise UsageError(f"--workers ({ns.workers}) cannot exceed --envs ({ns.envs})")
-    return _report(
-        bench_env(env_config(ns), envs=ns.envs, workers=ns.workers, seconds=ns.seconds), ns.json
-    )
+    cfg = env_config(ns)
+    cfg.validate()
+    return _report(bench_env(cfg, envs=ns.envs, workers=ns.workers, seconds=ns.seconds), ns.json)
 
 
 def _report(result: dict, as_json: bool) -> int:
@@ -668,14 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ns = parser.parse_args(argv)
         if ns.command == "bench":
             return _bench_env(ns) if ns.what == "env" else _bench_train(ns)
-        handlers = {
-            "train": _train,
-            "presets": _presets,
-            "eval": _eval,
-            "record": _record,
-            "plot": _plot,
-            "play": _play,
-        }
+        handlers = {"train": _train, "presets": _presets, **cli_media.HANDLERS}
         return handlers[ns.command](ns)
     except (UsageError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Turn typed config dataclasses into argparse flags (with their field docstrings as help).
+"""argparse plumbing for the ``mario-rl`` commands: typed config dataclasses as flags (with their
+field docstrings as help), value checks, and the one-line :class:`UsageError`.
 
 argparse rather than a CLI framework so that every bad input ends as one line on stderr and
 exit code 2, and so that presets can tell the flags a user gave from the defaults.
@@ -16,7 +17,20 @@ import textwrap
 import types
 import typing
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
+
+from .envs import parse_stages
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its default prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message.replace("\n", " "))
 
 
 @cache
@@ -132,3 +146,55 @@ def apply(obj: Any, values: dict[str, Any], where: str) -> None:
         if key not in names:
             raise ValueError(f"unknown {where} option {key!r}; known: {', '.join(sorted(names))}")
         setattr(obj, key, value)
+
+
+# -- value checks ----------------------------------------------------------------------------
+def whole_number(flag: str, minimum: int):
+    """An argparse type: a whole number >= ``minimum``."""
+    bound = "> 0" if minimum == 1 else f">= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} expects a whole number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def positive_int(flag: str):
+    """An argparse type: a whole number > 0."""
+    return whole_number(flag, 1)
+
+
+def nonnegative_int(flag: str):
+    """An argparse type: a whole number >= 0."""
+    return whole_number(flag, 0)
+
+
+def positive_float(flag: str):
+    """An argparse type: a finite number > 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects a number > 0, got {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} expects a finite number > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def stage_spec(text: str | None) -> str | None:
+    """The normalised stage selection of a --stages value (None when not given)."""
+    return None if text is None else parse_stages(text).spec
+
+
+def stage_list(stages: str) -> tuple[str, ...]:
+    """The stages a selection names."""
+    return parse_stages(stages).stages

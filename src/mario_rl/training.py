@@ -20,9 +20,10 @@ from typing import IO, Any
 
 from .algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, NonFiniteMsg, UpdateMsg, WorkerMessage
 from .algos.ppo import PPO
+from .algos.ppo_family import make_ppo
 from .config.a3g import A3GConfig
 from .config.jobs import A3GJob, TrainJob
-from .devices import check_device
+from .devices import check_device, set_threads
 from .envs import make_vector_env, parse_stages
 from .errors import one_line
 from .io.checkpoint import load_checkpoint
@@ -120,15 +121,16 @@ def train(
 
     Under torchrun (``collective`` a :class:`mario_rl.parallel.distributed.Distributed`) this is
     one data-parallel rank: rank 0 alone opens the run directory, logs, evaluates and
-    checkpoints; the others train with its job and checkpoint."""
-    job.validate()
+    checkpoints; the others train with its job and checkpoint. ``job`` is validated where it was
+    built (:func:`mario_rl.cli.train_job`); a resumed run's saved job by ``TrainJob.resumed``."""
     check_device(job.ppo.device)  # before the run directory exists
     kept, (job, checkpoint) = collective.from_main(lambda: _open_and_load(job, total_steps_given))
     run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
     cfg = collective.rank_config(job.ppo)
 
+    set_threads(cfg.torch_threads)  # this process's learner threads (collection sets its own)
     envs = make_vector_env(job.env, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
-    ppo = PPO(cfg, envs, collective=collective)
+    ppo = make_ppo(cfg, envs, collective=collective)
     meta = None
     if checkpoint is not None:
         tensors, meta = checkpoint
@@ -317,12 +319,11 @@ class _A3GSteps:
 
 
 def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | None = None) -> int:
-    """Run (or resume) an A3G job; returns the process exit code."""
+    """Run (or resume) a validated A3G job (see :func:`train`); returns the process exit code."""
     from .algos.a3g import A3G
     from .algos.a3g_stages import plan_workers, train_stages_spec, train_stages_warning
     from .devices import check_devices
 
-    job.validate()
     if job.a3g.train_stages:
         # The workers' stages are set per rank; the record and the evaluations use what they cover.
         job.env.stages = train_stages_spec(job.a3g.workers)

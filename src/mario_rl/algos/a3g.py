@@ -38,7 +38,8 @@ from mario_rl.algos.shared_optim import make_optimizer
 from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs import EnvConfig, action_meanings
 from mario_rl.envs.stages import STAGES, parse_stages
-from mario_rl.io.checkpoint import RESTORE_ERRORS, misfit_error, prefixed, strip_prefix
+from mario_rl.io.checkpoint import prefixed, strip_prefix
+from mario_rl.io.checkpoint_checks import RESTORE_ERRORS, misfit_error
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, ModelSpec, build_model
 from mario_rl.seeding import worker_seed

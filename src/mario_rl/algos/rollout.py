@@ -1,31 +1,22 @@
 """PPO's rollout storage: preallocated tensors for T steps x N envs (uint8 observations, actions,
-log-probs, values, GAE's bootstraps and results, RND's and the LSTM's extras), and what one env
-group's collection hands back."""
+log-probs, values, GAE's bootstraps and results).
+
+Recurrent PPO and PPO + RND keep more per step; their rollouts (in ``ppo_lstm.py`` and
+``ppo_rnd.py``) fill the ``keep_*`` methods, which keep nothing here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from mario_rl.config.ppo import PPOConfig
-from mario_rl.models import LSTMState
+from mario_rl.models import ACOutput, LSTMState
 
-__all__ = ["GroupPart", "Rollout"]
-
-
-@dataclass
-class GroupPart:
-    """What one env group's collection loop hands back besides the buffer columns it filled."""
-
-    episodes: list[dict[str, Any]] = field(default_factory=list)
-    components: dict[str, np.ndarray] = field(default_factory=dict)
-    state: LSTMState | None = None
-    t_env: float = 0.0
-    t_inf: float = 0.0
-    t_store: float = 0.0
+__all__ = ["Rollout"]
 
 
 class Rollout:
@@ -58,22 +49,24 @@ class Rollout:
         """obs[t] is the first observation of an episode (the LSTM resets there)."""
         self.advantages = z()
         self.returns = z()
-        if cfg.algo == "ppo-rnd":
-            self.next_frames = torch.zeros((t, n, h, w), dtype=torch.uint8, device=device)
-            self.values_int = z()
-            self.last_value_int = torch.zeros(n, device=device)
-            self.rewards_int = z()
-            self.returns_int = z()
-        if cfg.algo == "ppo-lstm":
-            s, hs = t // cfg.bptt_len, cfg.lstm_hidden
-            # LSTM state at the start of each bptt_len sequence, before that step's reset mask.
-            self.seq_h = torch.zeros((s, n, hs), device=device)
-            self.seq_c = torch.zeros((s, n, hs), device=device)
-            if cfg.lstm_penalty > 0:
-                self.step_h = torch.zeros((t, n, hs), device=device)
-                self.step_c = torch.zeros((t, n, hs), device=device)
         self.episodes: list[dict[str, Any]] = []
         self.components: dict[str, np.ndarray] = {}
         self.times: dict[str, float] = {}
         self.first_step = 0
         """global_step at the start of this rollout (for episode records)."""
+
+    # -- what the collector hands over besides the fields above (nothing kept here) --------------
+    def keep_state(self, t: int, cols: slice, state: LSTMState | None) -> None:
+        """The recurrent state of envs ``cols`` before step ``t``."""
+
+    def keep_output(self, t: int, cols: slice, out: ACOutput) -> None:
+        """The rest of the policy's output at step ``t`` (actions, log-probs, values are stored)."""
+
+    def keep_next_obs(self, t: int, cols: slice, next_obs: Tensor) -> None:
+        """The observations that followed step ``t``."""
+
+    def keep_final_obs(self, t: int, rows: np.ndarray, finals: Tensor) -> None:
+        """The last observations of the episodes of envs ``rows`` that ended at step ``t``."""
+
+    def keep_last_output(self, last: ACOutput) -> None:
+        """The policy's output on the observations after the last step (values are bootstrapped)."""

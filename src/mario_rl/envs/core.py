@@ -70,8 +70,7 @@ class EmulatorGroup:
     """``n`` emulators with the same configuration; stepped with one native call per frame."""
 
     def __init__(self, config: EnvConfig, n: int, seeds: Sequence[int | Sequence[int]]) -> None:
-        config.validate()
-        self.cfg = config
+        self.cfg = config  # validated by the env that owns the group
         self.n = n
         self.selection: list[StageSelection] = [parse_stages(config.stages)] * n
         self.emu = make_emulators(config.emulator, n)

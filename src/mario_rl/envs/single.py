@@ -33,6 +33,7 @@ class MarioEnv(gym.Env):
                 f"got {render_mode!r}"
             )
         self.config = config or EnvConfig()
+        self.config.validate()
         self.render_mode = render_mode
         self._seed = seed
         self.group = EmulatorGroup(self.config, 1, [self._env_seed(seed)])

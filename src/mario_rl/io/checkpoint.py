@@ -10,7 +10,8 @@ A checkpoint is a **directory** holding exactly two files::
 
 Where checkpoints live inside a run (``ckpt-<step>``, ``best``, ``final``) and which are kept is
 :mod:`mario_rl.run.checkpoints`' job; turning nested state into tensors + JSON is
-:mod:`mario_rl.io.state_codec`'s.
+:mod:`mario_rl.io.state_codec`'s; the checks on what is read, and their errors, are
+:mod:`mario_rl.io.checkpoint_checks`'.
 
 Guarantees:
 
@@ -32,9 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -42,22 +41,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mario_rl.io import files
+from mario_rl.io.checkpoint_checks import (
+    FORMAT,
+    FORMAT_VERSION,
+    META_FILE,
+    RECORD_KEY,
+    RESERVED_META_KEYS,
+    WEIGHTS_FILE,
+    CheckpointError,
+    check_tensors,
+    dtype_name,
+    find_non_json,
+    read_meta,
+    read_weights_bytes,
+    resolve_dir,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
     import torch
 
+# With the names above from checkpoint_checks, for the callers that read checkpoints.
 __all__ = [
-    "FORMAT",
     "FORMAT_VERSION",
-    "META_FILE",
-    "RECORD_KEY",
-    "RESERVED_META_KEYS",
-    "RESTORE_ERRORS",
-    "WEIGHTS_FILE",
     "CheckpointError",
     "load_checkpoint",
-    "misfit_error",
     "prefixed",
     "promote_checkpoint",
     "read_meta",
@@ -65,26 +75,6 @@ __all__ = [
     "snapshot_checkpoint",
     "strip_prefix",
 ]
-
-FORMAT = "mario-rl-checkpoint"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
-META_FILE = "meta.json"
-# save_checkpoint's own record in meta.json, under one key so that callers keep every other
-# name (including "format" / "version" of their own state formats).
-RECORD_KEY = "checkpoint"
-RESERVED_META_KEYS = frozenset({RECORD_KEY})
-_REQUIRED_RECORD_KEYS = ("format", "format_version", "tensors", "weights_bytes", "weights_sha256")
-
-_REFUSED_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".zip"})
-_MAX_META_BYTES = 64 * 1024 * 1024
-# A run keeps its checkpoints in this subdirectory (see mario_rl.run.checkpoints).
-CHECKPOINTS_SUBDIR = "checkpoints"
-_PERIODIC_RE = re.compile(r"^ckpt-(\d+)$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used; the message says what is wrong and what would be right."""
 
 
 def _looks_like_checkpoint_dir(path: Path) -> bool:
@@ -117,43 +107,20 @@ def _install_dir(tmp: Path, dst: Path) -> None:
     files.fsync_dir(dst.parent)
 
 
-# --------------------------------------------------------------------------------------------
-# JSON helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _find_non_json(obj: Any, where: str = "meta") -> str | None:
-    """Describe the first value strict JSON cannot hold exactly, or None."""
-    if obj is None or isinstance(obj, bool | str):
-        return None
-    if isinstance(obj, int):
-        return None
-    if isinstance(obj, float):
-        return None if math.isfinite(obj) else f"{where} is {obj!r} (not finite)"
-    if isinstance(obj, list | tuple):
-        for i, v in enumerate(obj):
-            found = _find_non_json(v, f"{where}[{i}]")
-            if found:
-                return found
-        return None
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            if not isinstance(k, str):
-                return f"{where} has a non-string key {k!r}"
-            found = _find_non_json(v, f"{where}.{k}")
-            if found:
-                return found
-        return None
-    return f"{where} is a {type(obj).__name__}"
-
-
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
-# --------------------------------------------------------------------------------------------
-# save / load
-# --------------------------------------------------------------------------------------------
+def _write_dir(dst: Path, fill: Callable[[Path], None]) -> Path:
+    """Make the checkpoint directory ``dst`` atomically: ``fill`` writes the files into a hidden
+    temporary sibling, which is fsynced and then moved into place."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = files.hidden_sibling(dst, "tmp")
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        files.fsync_dir(tmp)
+        _install_dir(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
 
 
 def _serialize(
@@ -182,7 +149,7 @@ def _serialize(
             for n, t in tensors.items()
         }
         data = safetensors.torch.save(prepared)
-        specs = {n: {"dtype": _dtype_name(t), "shape": list(t.shape)} for n, t in prepared.items()}
+        specs = {n: {"dtype": dtype_name(t), "shape": list(t.shape)} for n, t in prepared.items()}
     else:
         import safetensors.numpy
 
@@ -217,7 +184,7 @@ def save_checkpoint(
         raise ValueError(
             f"checkpoint meta may not set reserved keys {sorted(clash)}; they are written by save_checkpoint"
         )
-    problem = _find_non_json(dict(meta))
+    problem = find_non_json(dict(meta))
     if problem:
         raise ValueError(
             f"checkpoint meta must be strict JSON: {problem}; convert it (e.g. None for 'no value yet')"
@@ -236,162 +203,11 @@ def save_checkpoint(
     }
     meta_bytes = (json.dumps(full_meta, indent=1, allow_nan=False) + "\n").encode()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = files.hidden_sibling(path, "tmp")
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> None:
         files.write_file_synced(tmp / WEIGHTS_FILE, data)
         files.write_file_synced(tmp / META_FILE, meta_bytes)
-        files.fsync_dir(tmp)
-        _install_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
-
-def _sniff_refused(head: bytes) -> str | None:
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive (the torch.save format)"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "a pickle"
-    return None
-
-
-def _resolve_dir(path: Path) -> Path:
-    if not path.exists():
-        hint = ""
-        if path.parent.is_dir():
-            leftovers = sorted(p.name for p in path.parent.glob(f".{path.name}.old-*"))
-            if leftovers:
-                hint = f" (an interrupted save left {leftovers[0]}; clean_checkpoint_dir() restores it)"
-        raise CheckpointError(
-            f"checkpoint {path} does not exist{hint}; pass a checkpoint directory containing "
-            f"{WEIGHTS_FILE} and {META_FILE}, e.g. runs/<run>/checkpoints/best"
-        )
-    if path.is_file():
-        if path.name in (WEIGHTS_FILE, META_FILE):
-            return path.parent
-        with open(path, "rb") as f:
-            kind = _sniff_refused(f.read(8))
-        if kind or path.suffix.lower() in _REFUSED_SUFFIXES:
-            what = kind or f"a {path.suffix} file"
-            raise CheckpointError(
-                f"refusing to load {path}: it is {what}, and loading pickles can run arbitrary code; "
-                f"only checkpoint directories ({WEIGHTS_FILE} + {META_FILE}) are accepted"
-            )
-        raise CheckpointError(
-            f"{path} is a file, not a checkpoint; pass a directory containing {WEIGHTS_FILE} and {META_FILE}"
-        )
-    if not path.is_dir():
-        raise CheckpointError(
-            f"{path} is neither a file nor a directory; pass a checkpoint directory"
-        )
-    return path
-
-
-def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate only ``meta.json`` of the checkpoint at ``path`` (cheap, no tensors)."""
-    ckpt = _resolve_dir(Path(path))
-    meta_path = ckpt / META_FILE
-    if not meta_path.is_file():
-        hint = ""
-        if (ckpt / CHECKPOINTS_SUBDIR).is_dir() or any(
-            _PERIODIC_RE.match(p.name) for p in ckpt.iterdir()
-        ):
-            hint = " (it looks like a run or checkpoints directory; latest_checkpoint() picks one inside it)"
-        missing = [n for n in (WEIGHTS_FILE, META_FILE) if not (ckpt / n).is_file()]
-        raise CheckpointError(
-            f"{ckpt} is not a checkpoint: missing {' and '.join(missing)}{hint}; "
-            f"a checkpoint directory holds {WEIGHTS_FILE} and {META_FILE}"
-        )
-    size = meta_path.stat().st_size
-    if size > _MAX_META_BYTES:
-        raise CheckpointError(
-            f"{meta_path} is {size} bytes; a meta.json larger than {_MAX_META_BYTES} bytes is refused"
-        )
-    raw = meta_path.read_bytes()
-    kind = _sniff_refused(raw[:8])
-    if kind:
-        raise CheckpointError(
-            f"refusing {meta_path}: it is {kind}, not JSON; meta.json must be a JSON object"
-        )
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(
-            f"{meta_path} is not valid JSON ({e}); the checkpoint is corrupt, use another one"
-        ) from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(
-            f"{meta_path} holds a JSON {type(meta).__name__}; it must be a JSON object"
-        )
-    rec = meta.get(RECORD_KEY)
-    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{meta_path} has no '{RECORD_KEY}' record of format {FORMAT!r}; "
-            "it was not written by save_checkpoint, use a checkpoint saved by mario-rl"
-        )
-    version = rec.get("format_version")
-    if version != FORMAT_VERSION:
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        why = (
-            "a newer mario-rl wrote it; upgrade this one"
-            if newer
-            else "re-save it with this version"
-        )
-        raise CheckpointError(
-            f"{meta_path} has format_version {version!r}, this code reads {FORMAT_VERSION}; {why}"
-        )
-    missing = [f"{RECORD_KEY}.{k}" for k in _REQUIRED_RECORD_KEYS if k not in rec]
-    missing += ["step"] if "step" not in meta else []
-    if missing:
-        raise CheckpointError(
-            f"{meta_path} lacks required keys {missing}; the checkpoint is incomplete, use another one"
-        )
-    if not isinstance(rec["weights_bytes"], int) or not isinstance(rec["weights_sha256"], str):
-        raise CheckpointError(
-            f"{meta_path}: weights_bytes must be an integer and weights_sha256 a hex string"
-        )
-    spec = rec["tensors"]
-    if not isinstance(spec, dict) or not all(
-        isinstance(v, dict)
-        and isinstance(v.get("dtype"), str)
-        and isinstance(v.get("shape"), list)
-        and all(isinstance(d, int) and d >= 0 for d in v["shape"])
-        for v in spec.values()
-    ):
-        raise CheckpointError(
-            f"{meta_path}: '{RECORD_KEY}.tensors' must map each name to {{'dtype': str, 'shape': [int, ...]}}"
-        )
-    if not isinstance(meta["step"], int) or isinstance(meta["step"], bool):
-        raise CheckpointError(f"{meta_path}: 'step' is {meta['step']!r}; it must be an integer")
-    return meta
-
-
-def _read_weights_bytes(ckpt: Path, meta: Mapping[str, Any]) -> bytes:
-    wpath = ckpt / WEIGHTS_FILE
-    if not wpath.is_file():
-        raise CheckpointError(
-            f"{ckpt} is not a checkpoint: missing {WEIGHTS_FILE} next to {META_FILE}"
-        )
-    data = wpath.read_bytes()
-    kind = _sniff_refused(data[:8])
-    if kind:
-        raise CheckpointError(
-            f"refusing {wpath}: it is {kind}, not safetensors; loading pickles can run arbitrary code"
-        )
-    rec = meta[RECORD_KEY]
-    if len(data) != rec["weights_bytes"]:
-        raise CheckpointError(
-            f"{wpath} is {len(data)} bytes but meta.json records {rec['weights_bytes']}; "
-            "the file is truncated or from another checkpoint, use another checkpoint"
-        )
-    if hashlib.sha256(data).hexdigest() != rec["weights_sha256"]:
-        raise CheckpointError(
-            f"{wpath} does not match the sha256 in meta.json; it is corrupt or from another checkpoint, use another one"
-        )
-    return data
+    return _write_dir(path, fill)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -402,9 +218,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     """
     import safetensors.torch
 
-    ckpt = _resolve_dir(Path(path))
+    ckpt = resolve_dir(Path(path))
     meta = read_meta(ckpt)
-    data = _read_weights_bytes(ckpt, meta)
+    data = read_weights_bytes(ckpt, meta)
     try:
         tensors = safetensors.torch.load(data)
     except Exception as e:  # safetensors raises its own error types for malformed input
@@ -412,31 +228,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
             f"{ckpt / WEIGHTS_FILE} is not a valid safetensors file ({e}); use another checkpoint"
         ) from None
 
-    declared: dict[str, dict[str, Any]] = meta[RECORD_KEY]["tensors"]
-    extra = sorted(set(tensors) - set(declared))
-    missing = sorted(set(declared) - set(tensors))
-    if extra or missing:
-        parts = []
-        if missing:
-            parts.append(f"declared but missing: {_short_list(missing)}")
-        if extra:
-            parts.append(f"present but not declared: {_short_list(extra)}")
-        raise CheckpointError(
-            f"{ckpt}: tensors do not match meta.json ({'; '.join(parts)}); the two files belong to different checkpoints"
-        )
-    for name, spec in declared.items():
-        t = tensors[name]
-        if _dtype_name(t) != spec["dtype"] or list(t.shape) != spec["shape"]:
-            raise CheckpointError(
-                f"{ckpt}: tensor {name!r} is {_dtype_name(t)}{list(t.shape)} but meta.json declares "
-                f"{spec['dtype']}{spec['shape']}; the checkpoint is inconsistent, use another one"
-            )
+    check_tensors(ckpt, tensors, meta)
     return tensors, meta
-
-
-def _short_list(names: list[str], n: int = 5) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f" (+{len(names) - n} more)" if len(names) > n else "")
 
 
 def snapshot_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
@@ -459,23 +252,21 @@ def promote_checkpoint(
     ``extra_meta`` keys are merged into the copy's meta.json (e.g. the evaluation results that
     made it the best). With ``verify`` the source's weights are checked against its sha256.
     """
-    src_dir = _resolve_dir(Path(src))
+    src_dir = resolve_dir(Path(src))
     dst = Path(dst)
     meta = read_meta(src_dir)
     if verify:
-        _read_weights_bytes(src_dir, meta)
+        read_weights_bytes(src_dir, meta)
     if extra_meta:
         clash = RESERVED_META_KEYS & set(extra_meta)
         if clash:
             raise ValueError(f"extra_meta may not set reserved keys {sorted(clash)}")
-        problem = _find_non_json(dict(extra_meta), "extra_meta")
+        problem = find_non_json(dict(extra_meta), "extra_meta")
         if problem:
             raise ValueError(f"extra_meta must be strict JSON: {problem}")
         meta = {**meta, **extra_meta}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = files.hidden_sibling(dst, "tmp")
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> None:
         files.link_or_copy(src_dir / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
         if extra_meta:
             files.write_file_synced(
@@ -483,12 +274,8 @@ def promote_checkpoint(
             )
         else:
             files.link_or_copy(src_dir / META_FILE, tmp / META_FILE)
-        files.fsync_dir(tmp)
-        _install_dir(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
+
+    return _write_dir(dst, fill)
 
 
 def prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -502,16 +289,3 @@ def prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torc
 def strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors whose names start with ``prefix``, with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-RESTORE_ERRORS = (KeyError, TypeError, IndexError, AttributeError, RuntimeError)
-"""What restoring a trainer from an ill-fitting checkpoint raises (its JSON is untrusted)."""
-
-
-def misfit_error(trainer: str, e: BaseException) -> ValueError:
-    """The one-line error for a checkpoint whose contents do not fit ``trainer``."""
-    why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-    return ValueError(
-        f"checkpoint does not fit this {trainer} trainer ({why}); "
-        "use a checkpoint saved by a run with the same settings"
-    )

@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from mario_rl.io import files
-from mario_rl.io.checkpoint import (
+from mario_rl.io.checkpoint import promote_checkpoint, read_meta, save_checkpoint
+from mario_rl.io.checkpoint_checks import (
     CHECKPOINTS_SUBDIR,
     META_FILE,
     WEIGHTS_FILE,
     CheckpointError,
-    promote_checkpoint,
-    read_meta,
-    save_checkpoint,
 )
 from mario_rl.run.logger import scalar
 
