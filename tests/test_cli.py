@@ -226,6 +226,9 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
     job = train_job(build_parser().parse_args(["train"]))
     assert job.env.actions == preset["env"]["actions"]
     assert job.ppo.rollout_steps == preset["ppo"]["rollout_steps"]
+    # It evaluates while it trains and stops once the stage is cleared.
+    assert job.run.stop_at_clear_rate == 0.8 and job.run.eval_every > 0
+    assert job.run.stop_at_clear_rate == preset["run"]["stop_at_clear_rate"]
     job = train_job(build_parser().parse_args(["train", "--actions", "simple", "--epochs", "3"]))
     assert (job.env.actions, job.ppo.epochs) == ("simple", 3)
     # Other algorithms keep their own defaults.

@@ -146,6 +146,7 @@ def test_ppo_loss_hand_computed() -> None:
         (dict(gamma=1.5), r"gamma must be in \[0, 1\]"),
         (dict(target_kl=0.0), "target_kl must be > 0 or None"),
         (dict(vf_loss="l1"), "vf_loss must be 'mse' or 'huber'"),
+        (dict(precision="fp16"), "precision must be 'fp32', 'bf16' or 'auto'"),
     ],
 )
 def test_config_validation_messages(kw: dict, msg: str) -> None:
@@ -259,6 +260,46 @@ def test_smoke_metrics(algo: str) -> None:
         assert m["losses/rnd"] > 0 and "charts/intrinsic_reward" in m
     if algo == "ppo-lstm":
         assert m["losses/lstm_penalty"] >= 0
+
+
+@pytest.mark.parametrize("algo", ["ppo", "ppo-lstm", "ppo-rnd"])
+def test_bf16_update_follows_the_fp32_one(algo: str) -> None:
+    """A bfloat16-autocast update starts from the same weights and moves them like the float32
+    one, up to bf16 rounding; weights, gradients and the losses it reports stay float32."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        ppo = make_ppo(tiny(algo, precision=precision), FakeVectorEnv(num_envs=2, max_len=12))
+        assert ppo.autocast == (torch.bfloat16 if precision == "bf16" else None)
+        before = [p.detach().clone() for p in ppo.model.parameters()]
+        m = ppo.collect() | ppo.learn()
+        assert all(p.dtype == torch.float32 for p in ppo.model.parameters())
+        assert math.isfinite(m["losses/policy"]) and math.isfinite(m["losses/value"])
+        runs[precision] = (
+            torch.cat(
+                [
+                    (p.detach() - b).flatten()
+                    for p, b in zip(ppo.model.parameters(), before, strict=True)
+                ]
+            ),
+            m,
+        )
+    d32, m32 = runs["fp32"]
+    d16, m16 = runs["bf16"]
+    assert torch.count_nonzero(d16) > 0.9 * torch.count_nonzero(d32)  # it trained as much
+    cos = torch.nn.functional.cosine_similarity(d32, d16, dim=0)
+    assert cos > 0.9, f"bf16 update direction differs: cosine {cos:.3f}"
+    assert m16["losses/value"] == pytest.approx(m32["losses/value"], rel=0.05)
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mario_rl import devices
+
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert devices.learn_dtype("auto", "cpu") is torch.bfloat16
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: {"avx2", "avx512f"})
+    assert devices.learn_dtype("auto", "cpu") is None
+    assert devices.learn_dtype("bf16", "cpu") is torch.bfloat16
+    assert devices.learn_dtype("fp32", "cpu") is None
 
 
 @pytest.mark.parametrize("algo", ["ppo", "ppo-lstm", "ppo-rnd"])

@@ -209,6 +209,9 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
     return {
         "algo": cfg.algo,
         "network": cfg.network,
+        "size": env_cfg.size,
+        "precision": cfg.precision,
+        "learns_in": "bfloat16" if ppo.autocast is not None else "float32",
         "envs": cfg.num_envs,
         "workers": job.workers,
         "rollout_steps": cfg.rollout_steps,

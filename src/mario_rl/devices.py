@@ -8,7 +8,15 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["check_device", "check_devices", "device_of", "set_threads", "torch_threads"]
+__all__ = [
+    "check_device",
+    "check_devices",
+    "device_of",
+    "learn_dtype",
+    "native_bf16",
+    "set_threads",
+    "torch_threads",
+]
 
 
 def check_device(device: str) -> None:
@@ -82,3 +90,33 @@ def set_threads(n: int) -> None:
     # torch's thread count is per OS thread under OpenMP: set it in the collector thread itself.
     if n:
         torch.set_num_threads(n)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CPU with AMX or AVX512-BF16 (Linux), or a
+    CUDA GPU that supports it. Elsewhere bf16 is emulated and slower than float32."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if dev.type == "cpu":
+        return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    return False
+
+
+def learn_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype of a learner with ``precision`` ('fp32', 'bf16' or 'auto') on
+    ``device``; None means plain float32."""
+    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+        return torch.bfloat16
+    return None

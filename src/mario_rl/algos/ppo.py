@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from mario_rl.algos.collect import Collector
 from mario_rl.algos.rollout import Rollout
 from mario_rl.config.ppo import PPOConfig
+from mario_rl.devices import learn_dtype
 from mario_rl.io.checkpoint import prefixed, strip_prefix
 from mario_rl.io.checkpoint_checks import RESTORE_ERRORS, misfit_error
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
@@ -42,6 +43,13 @@ CHECKPOINT_FORMAT = "mario-rl/ppo-trainer"
 CHECKPOINT_VERSION = 1
 # The loss terms every update reports under fixed names; any other term is "losses/<name>".
 _REPORTED = {"policy", "value", "entropy", "approx_kl", "old_approx_kl", "clipfrac", "grad_norm"}
+
+
+def _as_float(x: Any) -> Any:
+    """A tensor (or tuple of them, as an LSTM state) in float32; None stays None."""
+    if isinstance(x, tuple):
+        return tuple(t.float() for t in x)
+    return None if x is None else x.float()
 
 
 def flat(x: Tensor) -> Tensor:
@@ -103,6 +111,8 @@ class PPO:
         # Minibatch order; the collector has its own streams, so that collection (possibly in
         # another thread) and learning do not interleave draws from one generator.
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.autocast = learn_dtype(cfg.precision, cfg.device)
+        """The update's autocast dtype (bfloat16), or None for float32."""
 
         # Initial weights from the seed, without disturbing the caller's global RNG.
         with torch.random.fork_rng(devices=[]):
@@ -245,7 +255,7 @@ class PPO:
         epochs_done = 0
         for _epoch in range(cfg.epochs):
             for idx in self._minibatches():
-                out = self._forward(idx)
+                out = self._forward_cast(idx)
                 adv = b_adv[idx]
                 if cfg.norm_adv:
                     # Over all ranks' minibatches under torchrun: the combined batch's statistics.
@@ -311,6 +321,14 @@ class PPO:
         perm = torch.randperm(cfg.batch_size, generator=self.gen)
         for k in range(0, cfg.batch_size, cfg.minibatch_size):
             yield perm[k : k + cfg.minibatch_size]
+
+    def _forward_cast(self, idx: Tensor) -> ACOutput:
+        """:meth:`_forward` under the configured autocast; what the losses read is float32."""
+        if self.autocast is None:
+            return self._forward(idx)
+        with torch.autocast(self.device.type, dtype=self.autocast):
+            out = self._forward(idx)
+        return ACOutput(*(_as_float(part) for part in out))
 
     def _forward(self, idx: Tensor) -> ACOutput:
         """The policy and values on the samples ``idx``, with gradients."""
