@@ -2,7 +2,8 @@
 
 The env steps the native core frame by frame; this wraps its emulators to log, for the first
 episode, every frame's controller byte and every RAM write the env makes between frames (its
-cut-scene fast-forward), so ``crosscheck.model_run`` replays the run exactly on both machines.
+cut-scene fast-forward), so ``crosscheck_scenarios.model_run`` replays the run exactly on both
+machines.
 
     uv run python tests/data/record_ppo_1_1.py   # writes tests/data/ppo-1-1-flag.json
 """
