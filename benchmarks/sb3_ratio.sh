@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # mario-rl PPO against Stable-Baselines3 PPO at equal hyper-parameters, back to back.
 #
-# Both train PPO on this project's 1-1 env (84x84 gray, 4 frames, skip 4, simple actions) with
+# Both train PPO on this project's 1-1 env (84x84 gray, 4 frames, skip 4, simple actions: the
+# flags override the default preset's 64x64 and right-only) with
 # the Nature CNN, 8 envs x 512 steps, 10 epochs, minibatch 256, 2 torch threads; each prints its
 # training steps/s after a warm-up update. The ratio of the two is the result (these machines
 # drift by 2x from day to day, so only a ratio measured in one run is claimed).
@@ -15,7 +16,7 @@ uv run --with stable-baselines3 python benchmarks/sb3_ppo.py --envs 8 --rollout-
   --epochs 10 --minibatch-size 256 --actions simple --seconds "$seconds" --vec subproc \
   > "$out/sb3.json"
 uv run mario-rl bench train --envs 8 --workers 2 --rollout-steps 512 --epochs 10 \
-  --minibatch-size 256 --actions simple --network nature --seconds "$((2 * seconds))" \
+  --minibatch-size 256 --actions simple --size 84 --network nature --seconds "$((2 * seconds))" \
   --json > "$out/mario-rl.json"
 uv run python - "$out" <<'PY'
 import json, sys

@@ -558,6 +558,10 @@ def test_sigint_then_resume_then_sigterm_keep_every_step(algo: str, tmp_path: Pa
     out, err, took = _stop(proc, "ctrl-c")
     assert proc.returncode == 0, err
     assert "SIGINT received" in err and "stop requested (signal): final checkpoint" in out
+    # Every path it prints exists (an earlier version printed one that did not).
+    said = out.split("stop requested (signal): final checkpoint ")[1].splitlines()[0]
+    assert Path(said) == final and final.is_dir()
+    assert Path(out.split("run directory: ")[1].splitlines()[0]) == run
     first = load_checkpoint(final)[1]["step"]
     assert first >= max(r["step"] for r in _rows(run)) > 0
     assert took < HANG_S

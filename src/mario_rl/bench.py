@@ -299,6 +299,7 @@ def measure_learn_speed(
     n_actions: int = 7,
     channels_last: bool = True,
     repeats: int = 2,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Time the real learn() (forward + backward + Adam) on a random rollout, and batch-``num_envs``
     inference. Returns best-of-``repeats`` numbers: learn samples/s, inference ms per env step,
@@ -320,6 +321,7 @@ def measure_learn_speed(
         epochs=epochs,
         torch_threads=threads,
         channels_last=channels_last,
+        precision=precision,  # type: ignore[arg-type]
     )
     try:
         set_threads(threads)
@@ -352,3 +354,55 @@ def measure_learn_speed(
         }
     finally:
         torch.set_num_threads(old_threads)
+
+
+def bench_learn(
+    job: Any, sizes: list[int], precisions: list[str], repeats: int = 3
+) -> dict[str, Any]:
+    """The learner alone (the real ``learn()`` on a random rollout): samples/s for each
+    observation size x precision, with the job's network, batch, minibatch and threads.
+
+    The first combination is the reference of every ``ratio``; ``steps_per_s_cap`` is what the
+    learner alone allows the training loop at the job's epochs (samples/s / epochs).
+    """
+    from .devices import learn_dtype
+
+    cfg = job.ppo
+    rows = []
+    for size in sizes:
+        for precision in precisions:
+            m = measure_learn_speed(
+                network=cfg.network,
+                algo=cfg.algo,
+                threads=cfg.torch_threads,
+                num_envs=cfg.num_envs,
+                rollout_steps=cfg.rollout_steps,
+                minibatch_size=cfg.minibatch_size,
+                epochs=cfg.epochs,
+                obs_shape=(job.env.frame_stack, size, size),
+                channels_last=cfg.channels_last,
+                repeats=repeats,
+                precision=precision,
+            )
+            rows.append(
+                {
+                    "size": size,
+                    "precision": precision,
+                    "learns_in": "bfloat16" if learn_dtype(precision, cfg.device) else "float32",
+                    "learn_samples_per_s": round(m["learn_samples_per_s"], 1),
+                    "steps_per_s_cap": round(m["learn_samples_per_s"] / cfg.epochs, 1),
+                    "inference_ms_per_step": round(m["inference_ms_per_step"], 3),
+                }
+            )
+    ref = rows[0]["learn_samples_per_s"]
+    for row in rows:
+        row["ratio"] = round(row["learn_samples_per_s"] / ref, 2)
+    return {
+        "network": cfg.network,
+        "minibatch_size": cfg.minibatch_size,
+        "batch": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "torch_threads": cfg.torch_threads,
+        "reference": f"size {rows[0]['size']}, {rows[0]['precision']}",
+        "rows": rows,
+    }

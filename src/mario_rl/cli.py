@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seconds", type=positive_float("--seconds"), default=60.0)
     bt.add_argument("--json", action="store_true", help="print JSON only")
 
+    bl = bsub.add_parser(
+        "learn", help="the learner alone: samples/s by observation size and precision"
+    )
+    _train_args(bl)
+    bl.add_argument("--sizes", type=_int_list, default=[84, 64, 42],
+                    help="observation sizes to measure (the first with the first precision is the reference)")  # fmt: skip
+    bl.add_argument("--precisions", type=_precision_list, default=["fp32", "bf16"],
+                    help="learner precisions to measure: fp32, bf16, auto")  # fmt: skip
+    bl.add_argument("--repeats", type=positive_int("--repeats"), default=3)
+    bl.add_argument("--json", action="store_true", help="print JSON only")
+
     sub.add_parser("presets", help="list the preset files shipped with mario-rl")
 
     cli_media.add_parsers(sub)  # eval, record, plot, play
@@ -301,6 +312,42 @@ def _bench_train(ns: argparse.Namespace) -> int:
     return _report(bench_train(job, seconds=ns.seconds), ns.json)
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 8 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give sizes >= 8 separated by commas, e.g. 84,64,42"
+        )
+    return values
+
+
+def _precision_list(text: str) -> list[str]:
+    values = text.split(",")
+    bad = [v for v in values if v not in ("fp32", "bf16", "auto")]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"{bad[0]!r}: precisions are fp32, bf16 and auto, e.g. fp32,bf16"
+        )
+    return values
+
+
+def _bench_learn(ns: argparse.Namespace) -> int:
+    from .bench import bench_learn
+    from .config.jobs import A3GJob
+    from .devices import set_threads
+
+    job = train_job(ns)
+    if isinstance(job, A3GJob):
+        raise UsageError(
+            "bench learn measures the PPO family's learner; use --algo ppo, ppo-lstm or ppo-rnd"
+        )
+    set_threads(job.ppo.torch_threads)
+    return _report(bench_learn(job, ns.sizes, ns.precisions, ns.repeats), ns.json)
+
+
 def _presets(ns: argparse.Namespace) -> int:
     from .config import list_presets
 
@@ -326,7 +373,12 @@ def _report(result: dict, as_json: bool) -> int:
         print(json.dumps(result))
     else:
         for k, v in result.items():
-            print(f"{k:>24}: {v}")
+            if isinstance(v, list):  # a table: one row a line
+                print(f"{k:>24}:")
+                for row in v:
+                    print(" " * 26 + "  ".join(f"{a} {b}" for a, b in row.items()))
+            else:
+                print(f"{k:>24}: {v}")
     return 0
 
 
@@ -336,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         ns = parser.parse_args(argv)
         if ns.command == "bench":
-            return _bench_env(ns) if ns.what == "env" else _bench_train(ns)
+            run = {"env": _bench_env, "train": _bench_train, "learn": _bench_learn}[ns.what]
+            return run(ns)
         handlers = {"train": _train, "presets": _presets, **cli_media.HANDLERS}
         return handlers[ns.command](ns)
     except (UsageError, ValueError) as e:

@@ -125,6 +125,8 @@ class _Evaluations:
         self.next = (start_step // every + 1) * every if every else None
         self.last: str | None = None
         """The latest evaluation's clear rate and step, for the progress line."""
+        self.cleared: str | None = None
+        """What to say when an evaluation reached the clear-rate target."""
 
     def after_step(self, step: int, saved: Path | None, make_state: Callable[[], State]) -> None:
         """Submit the checkpoint of ``step`` if an evaluation is due (saving one if need be)."""
@@ -163,11 +165,10 @@ class _Evaluations:
                 # The clearing evaluation is the best one so far unless an earlier one was as good.
                 best = self.ckpts.best_path
                 kept = f"; best checkpoint {best}" if best.exists() else ""
-                print(
+                self.cleared = (
                     f"cleared: the evaluation of step {r.step:,} reached the flag in {rate:.0%} of"
                     f" its episodes (target {self.rc.stop_at_clear_rate:.0%}){kept}"
-                    " (--stop-at-clear-rate 0 trains on past a clear)",
-                    file=self.out,
+                    " (--stop-at-clear-rate 0 trains on past a clear)"
                 )
                 stop = "stage cleared"
         return stop
@@ -354,16 +355,22 @@ def run_loop(
             main.prog.update(step, best_x=stats.best_x, flags=stats.flags)
         if main is None:
             return 1 if failure is not None else 0
+        # Said once the live display has closed, so that no line is cut or redrawn over.
+        said: list[tuple[str, IO[str]]] = []
         if failure is None:
             final = main.ckpts.save_final(step, *make_state())
             main.evals.finish()
-            print(f"{stop_reason}: final checkpoint {final}", file=out)
+            if main.evals.cleared:
+                said.append((main.evals.cleared, out))
+            said.append((f"{stop_reason}: final checkpoint {final}", out))
         elif failure.message:
             kept = (
                 _final_or_why(main, step, make_state)
                 if failure.keep_weights
                 else "the last good checkpoint is kept"
             )
-            print(f"mario-rl: error: {failure.message}; stopped, {kept}", file=sys.stderr)
+            said.append((f"mario-rl: error: {failure.message}; stopped, {kept}", sys.stderr))
+    for line, stream in said:
+        print(line, file=stream)
     print(f"run directory: {main.run.path}", file=out)
     return 1 if failure is not None else 0
