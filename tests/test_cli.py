@@ -122,6 +122,9 @@ def test_presets_lists_the_shipped_files(capsys):
         (["bench", "learn", "--precisions", "fp16"], "precisions are fp32, bf16 and auto"),
         (["bench", "learn", "--sizes", "84,x"], "sizes >= 8"),
         (["bench", "learn", "--algo", "a3g"], "PPO family"),
+        (["bench", "learn", "--sizes", "32", "--epochs", "1"], "too small"),
+        (["train", "--size", "20", "--run-dir", "r"], "too small"),
+        (["train", "--algo", "a3g", "--size", "20", "--run-dir", "r"], "too small"),
         (["fly"], "invalid choice"),
     ],
 )
@@ -146,18 +149,18 @@ def test_bench_train_json():
 
 def test_bench_learn_json_rows_and_ratios():
     r = run_cli(
-        "bench", "learn", *TINY, "--torch-threads", "1", "--sizes", "36,32",
+        "bench", "learn", *TINY, "--torch-threads", "1", "--sizes", "40,36",
         "--precisions", "fp32,bf16", "--repeats", "1", "--json",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     rows = out["rows"]
     assert [(w["size"], w["precision"]) for w in rows] == [
-        (36, "fp32"), (36, "bf16"), (32, "fp32"), (32, "bf16"),
+        (40, "fp32"), (40, "bf16"), (36, "fp32"), (36, "bf16"),
     ]  # fmt: skip
     assert rows[0]["ratio"] == 1.0 and all(w["learn_samples_per_s"] > 0 for w in rows)
     assert [w["learns_in"] for w in rows[:2]] == ["float32", "bfloat16"]
-    assert out["reference"] == "size 36, fp32" and out["command"].startswith("mario-rl bench learn")
+    assert out["reference"] == "size 40, fp32" and out["command"].startswith("mario-rl bench learn")
 
 
 def test_eval_writes_table_json_and_csv(tmp_path):

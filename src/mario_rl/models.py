@@ -127,8 +127,14 @@ DEFAULT_FEATURES = {"nature": 512, "small": 256, "impala": 256}
 
 
 def _flat_size(convs: nn.Module, in_channels: int, obs_hw: tuple[int, int]) -> int:
-    with torch.no_grad():
-        return int(convs(torch.zeros(1, in_channels, *obs_hw, dtype=torch.uint8)).shape[1])
+    try:
+        with torch.no_grad():
+            return int(convs(torch.zeros(1, in_channels, *obs_hw, dtype=torch.uint8)).shape[1])
+    except RuntimeError:  # a kernel larger than what is left of the input
+        raise ValueError(
+            f"observations of {obs_hw[0]}x{obs_hw[1]} are too small for this encoder's"
+            " convolutions; use --size 36 or more"
+        ) from None
 
 
 # -- actor-critic --------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .devices import check_device, set_threads
 from .envs import make_vector_env, parse_stages
 from .errors import one_line
 from .io.checkpoint import load_checkpoint
+from .models import build_model
 from .parallel.collective import LOCAL, Collective
 from .rl.stats import episode_metrics
 from .run.loop import Failure, RunStats, Step, Trainer, run_loop
@@ -124,6 +125,7 @@ def train(
     checkpoints; the others train with its job and checkpoint. ``job`` is validated where it was
     built (:func:`mario_rl.cli.train_job`); a resumed run's saved job by ``TrainJob.resumed``."""
     check_device(job.ppo.device)  # before the run directory exists
+    _check_obs_fits(job.ppo, job.env)
     kept, (job, checkpoint) = collective.from_main(lambda: _open_and_load(job, total_steps_given))
     run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
     cfg = collective.rank_config(job.ppo)
@@ -147,6 +149,12 @@ def train(
     finally:
         ppo.close()
         envs.close()
+
+
+def _check_obs_fits(cfg: Any, env: Any) -> None:
+    """ValueError (one line) before any file is written if the observations are too small for
+    the encoder (building one is milliseconds)."""
+    build_model(cfg, (env.frame_stack, env.size, env.size), 2)
 
 
 def _run(
@@ -330,6 +338,7 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | 
     parse_stages(job.env.stages)
     check_devices(job.a3g.gpu_ids)
     plan_workers(job.a3g, job.env.stages)  # refuse a curriculum with no worker before any file
+    _check_obs_fits(job.a3g, job.env)
     run, job, latest = _open_run(job, total_steps_given)
     cfg = job.a3g
     warning = train_stages_warning(cfg.workers, cfg.train_stages)
