@@ -1,5 +1,6 @@
 """Torch devices and threads: checking, before any file is written, that the requested devices
-exist here, which one an A3G worker uses, and torch's intra-op thread count."""
+exist here, which one an A3G worker uses, torch's intra-op thread count, and the arithmetic a
+learner's precision setting means on this hardware."""
 
 from __future__ import annotations
 
