@@ -147,9 +147,10 @@ def test_episode_state_is_reset_between_episodes() -> None:
         rollouts = [worker.rollout() for _ in range(4)]
     finally:
         worker.close()
-    rewards = torch.cat([ro.rewards for ro in rollouts])
-    dones = torch.cat([ro.dones for ro in rollouts])
-    starts = torch.cat([ro.starts for ro in rollouts])
+    # One env per worker: column 0 of each (T, N) rollout field.
+    rewards = torch.cat([ro.rewards[:, 0] for ro in rollouts])
+    dones = torch.cat([ro.dones[:, 0] for ro in rollouts])
+    starts = torch.cat([ro.starts[:, 0] for ro in rollouts])
     episodes = [ep for ro in rollouts for ep in ro.episodes]
     ends = torch.nonzero(dones).flatten().tolist()
     assert len(episodes) == len(ends) >= 2

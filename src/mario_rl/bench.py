@@ -230,19 +230,21 @@ def bench_train(job: Any, seconds: float = 60.0) -> dict[str, Any]:
 
 
 def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
-    """A3G's training steps/s (all workers) vs the env alone with one env per worker.
+    """A3G's training steps/s (all workers) vs the env alone with as many envs per worker.
 
-    The reference steps ``workers`` envs on ``workers`` threads with random actions, each
-    thread its own env at its own pace (``step_group``); A3G then
-    runs its real worker processes for ``seconds / 2`` after a warm-up that ends with every
+    The reference steps ``workers * envs_per_worker`` envs on ``workers`` threads with random
+    actions, each thread its own envs at its own pace (``step_group``); A3G then runs its real
+    worker processes for ``seconds / 2`` after a warm-up that ends with every
     worker's first update (process spawn and imports are not counted).
     """
     from .algos.a3g import A3G
     from .algos.a3g_worker import ErrorMsg, ExitMsg, UpdateMsg
 
     cfg, env_cfg = job.a3g, job.env
-    # Each worker steps its own env without waiting for the others, as A3G's workers do.
-    env_fps, env_sps = _pipeline(env_cfg, cfg.workers, cfg.workers, seconds / 2, grouped=True)
+    # Each worker steps its own envs without waiting for the others, as A3G's workers do.
+    env_fps, env_sps = _pipeline(
+        env_cfg, cfg.workers * cfg.envs_per_worker, cfg.workers, seconds / 2, grouped=True
+    )
     a3g = A3G(cfg, env_cfg)
     phases = {"env": 0.0, "inference": 0.0, "learn": 0.0, "sync": 0.0}
     a3g.start()
@@ -275,6 +277,7 @@ def bench_a3g(job: Any, seconds: float = 60.0) -> dict[str, Any]:
         "algo": "a3g",
         "network": cfg.network,
         "workers": cfg.workers,
+        "envs_per_worker": cfg.envs_per_worker,
         "rollout_steps": cfg.rollout_steps,
         "gpu_ids": list(cfg.gpu_ids),
         "train_steps_per_s": round(train_sps, 1),

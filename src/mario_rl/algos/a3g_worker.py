@@ -95,23 +95,25 @@ def push_gradients(local: nn.Module, shared: nn.Module) -> None:
 # -- one worker ----------------------------------------------------------------------------------
 @dataclass
 class A3GRollout:
-    """One rollout of T steps of one env (what a worker's update learns from)."""
+    """One rollout of T steps of a worker's N envs (what its update learns from); N = 1 is the
+    seed's one env per worker."""
 
     obs: Tensor
-    """(T, C, H, W) uint8."""
+    """(T, N, C, H, W) uint8."""
     actions: Tensor
+    """(T, N), like every per-step field below."""
     rewards: Tensor
     """The env's shaped reward of each step (never zero-filled: the seed's bug)."""
     terminations: Tensor
     dones: Tensor
     starts: Tensor
-    """obs[t] begins an episode (the LSTM state is zeroed before that step)."""
+    """obs[t, i] begins an episode (the LSTM state is zeroed before that step)."""
     next_values: Tensor
     """V(final_obs) where an episode was truncated at step t; other entries unused."""
     init_state: LSTMState
-    """LSTM state before step 0 (before its reset mask)."""
+    """LSTM state before step 0 (before its reset mask), (N, H) each."""
     last_value: Tensor
-    """V of the observation after the last step (the bootstrap of the rollout's tail)."""
+    """(N,) V of the observation after the last step (the bootstrap of the rollout's tail)."""
     episodes: list[dict[str, Any]] = field(default_factory=list)
     components: dict[str, float] = field(default_factory=dict)
     """Each reward component summed over the rollout."""
@@ -119,10 +121,11 @@ class A3GRollout:
 
 
 class Worker:
-    """One A3G worker: its env, its model copy and its half of the Hogwild update.
+    """One A3G worker: its envs, its model copy and its half of the Hogwild update.
 
     Runs in a worker process (:func:`worker_main`), or in the calling process for tests. ``env`` is
-    a one-env vector env (Gymnasium same-step autoreset); ``optimizer`` steps ``shared_model``.
+    a vector env of ``cfg.envs_per_worker`` envs (Gymnasium same-step autoreset), stepped together
+    with one batched forward pass; ``optimizer`` steps ``shared_model``.
     """
 
     def __init__(
@@ -138,8 +141,11 @@ class Worker:
         curriculum_weights: Any = None,
         seed: int | None = None,
     ) -> None:
-        if env.num_envs != 1:
-            raise ValueError(f"an A3G worker plays one env, got {env.num_envs}")
+        if env.num_envs != cfg.envs_per_worker:
+            raise ValueError(
+                f"an A3G worker plays envs_per_worker={cfg.envs_per_worker} envs, got {env.num_envs}"
+            )
+        self.n = env.num_envs
         self.cfg = cfg
         self.env = env
         self.rank = rank
@@ -158,16 +164,17 @@ class Worker:
         self._apply_curriculum()
         obs, _ = env.reset(seed=seed)
         self.next_obs = torch.from_numpy(obs).to(self.device)
-        self.next_start = True
-        self.state: LSTMState = self.local.initial_state(1, self.device)  # type: ignore[assignment]
+        self.next_start = torch.ones(self.n, dtype=torch.bool, device=self.device)
+        self.state: LSTMState = self.local.initial_state(self.n, self.device)  # type: ignore[assignment]
         self.steps = 0
         self.updates = 0
 
-    def _apply_curriculum(self) -> None:
-        """Point the env's next reset at the curriculum's current weights."""
+    def _apply_curriculum(self, envs: list[int] | None = None) -> None:
+        """Point the next reset of ``envs`` (default: all) at the curriculum's current weights."""
         if self.curriculum_weights is None or self.base_selection is None:
             return
-        self.env.set_stages([0], curriculum_selection(self.base_selection, self.curriculum_weights))
+        selection = curriculum_selection(self.base_selection, self.curriculum_weights)
+        self.env.set_stages(list(range(self.n)) if envs is None else envs, selection)
 
     def global_step(self) -> int:
         """Steps of all workers together (this worker's own when it runs alone)."""
@@ -179,13 +186,13 @@ class Worker:
 
     @torch.no_grad()  # not inference_mode: learn() feeds the stored tensors to autograd
     def rollout(self) -> A3GRollout:
-        """Play ``rollout_steps`` steps with the local model, sampling actions."""
-        cfg, dev, model = self.cfg, self.device, self.local
+        """Play ``rollout_steps`` steps of every env with the local model, sampling actions."""
+        cfg, dev, model, n = self.cfg, self.device, self.local, self.n
         t_len = cfg.rollout_steps
         shape = tuple(self.next_obs.shape[1:])
-        z = lambda dtype=torch.float32: torch.zeros(t_len, dtype=dtype, device=dev)  # noqa: E731
+        z = lambda dtype=torch.float32: torch.zeros((t_len, n), dtype=dtype, device=dev)  # noqa: E731
         ro = A3GRollout(
-            obs=torch.zeros((t_len, *shape), dtype=torch.uint8, device=dev),
+            obs=torch.zeros((t_len, n, *shape), dtype=torch.uint8, device=dev),
             actions=z(torch.int64),
             rewards=z(),
             terminations=z(torch.bool),
@@ -193,54 +200,57 @@ class Worker:
             starts=z(torch.bool),
             next_values=z(),
             init_state=(self.state[0].clone(), self.state[1].clone()),
-            last_value=torch.zeros((), device=dev),
+            last_value=torch.zeros(n, device=dev),
         )
         t_env = t_inf = 0.0
         state = self.state
         for t in range(t_len):
             t0 = time.perf_counter()
-            ro.obs[t] = self.next_obs[0]
+            ro.obs[t] = self.next_obs
             ro.starts[t] = self.next_start
-            start = torch.tensor([self.next_start], device=dev)
-            out = model(self.next_obs, state, start)
+            out = model(self.next_obs, state, self.next_start)
             action, _ = sample_actions(out.logits.cpu(), self.gen)
             state = out.state  # type: ignore[assignment]
             t1 = time.perf_counter()
             obs, reward, term, trunc, infos = self.env.step(action.numpy())
             t2 = time.perf_counter()
-            ro.actions[t] = action[0]
-            ro.rewards[t] = float(reward[0])
-            ro.terminations[t] = bool(term[0])
-            done = bool(term[0] or trunc[0])
+            ro.actions[t] = action
+            ro.rewards[t] = torch.as_tensor(reward, dtype=torch.float32)
+            term_t = torch.as_tensor(term, dtype=torch.bool)
+            done = term_t | torch.as_tensor(trunc, dtype=torch.bool)
+            ro.terminations[t] = term_t
             ro.dones[t] = done
             for name, v in infos.get("reward_components", {}).items():
-                ro.components[name] = ro.components.get(name, 0.0) + float(v[0])
-            if done:
-                if trunc[0] and not term[0]:
+                ro.components[name] = ro.components.get(name, 0.0) + float(np.sum(v))
+            if bool(done.any()):
+                ended = [int(i) for i in torch.nonzero(done).flatten()]
+                cut = [i for i in ended if trunc[i] and not term[i]]
+                if cut:
                     # A time limit cut the episode: its return goes on past the cut, so bootstrap
                     # from V(final_obs), with the LSTM state the episode had reached.
-                    final = torch.as_tensor(infos["final_obs"][0]).unsqueeze(0).to(dev)
-                    ro.next_values[t] = model(final, state, None).value[0]
-                ro.episodes.append(self._episode_record(infos))
-                self._apply_curriculum()
+                    final = torch.as_tensor(np.stack([infos["final_obs"][i] for i in cut])).to(dev)
+                    idx = torch.tensor(cut, device=dev)
+                    cut_state = (state[0][idx], state[1][idx])
+                    ro.next_values[t, idx] = model(final, cut_state, None).value
+                ro.episodes += [self._episode_record(infos, i) for i in ended]
+                self._apply_curriculum(ended)
             self.next_obs = torch.from_numpy(obs).to(dev)
-            self.next_start = done
+            self.next_start = done.to(dev)
             t_inf += t1 - t0
             t_env += t2 - t1
         t0 = time.perf_counter()
-        start = torch.tensor([self.next_start], device=dev)
-        ro.last_value = model(self.next_obs, state, start).value[0]
+        ro.last_value = model(self.next_obs, state, self.next_start).value
         self.state = state
-        self.steps += t_len
+        self.steps += t_len * n
         ro.times = {"env": t_env, "inference": t_inf + time.perf_counter() - t0}
         return ro
 
-    def _episode_record(self, infos: dict[str, Any]) -> dict[str, Any]:
+    def _episode_record(self, infos: dict[str, Any], i: int) -> dict[str, Any]:
         ep = infos.get("episode", {})
         rec: dict[str, Any] = {"rank": self.rank, "worker_step": self.steps}
         for key, arr in ep.items():
             if isinstance(arr, np.ndarray) and arr.ndim == 1:
-                v = arr[0]
+                v = arr[i]
                 rec[key] = v.item() if hasattr(v, "item") else v
         for key in ("stage", "start_stage"):
             if isinstance(rec.get(key), int) and 0 <= rec[key] < len(STAGES):
@@ -248,20 +258,27 @@ class Worker:
         return rec
 
     def learn(self, ro: A3GRollout) -> dict[str, float]:
-        """Loss on the rollout, gradients to the shared model, one optimizer step (no lock)."""
+        """Loss on the rollout, gradients to the shared model, one optimizer step (no lock).
+
+        The loss sums over the rollout's steps (the seed's scale) and averages over the envs, so
+        one update of N envs is as large as one of a single env, only less noisy."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        out = self.local(ro.obs.unsqueeze(1), ro.init_state, ro.starts.unsqueeze(1))
-        logits, values = out.logits[:, 0], out.value[:, 0]
+        out = self.local(ro.obs, ro.init_state, ro.starts)
+        logits, values = out.logits, out.value
         with torch.no_grad():
-            boot = torch.cat([values[1:].detach(), ro.last_value.reshape(1)])
+            boot = torch.cat([values[1:].detach(), ro.last_value.reshape(1, -1)])
             truncated = ro.dones & ~ro.terminations
             next_values = torch.where(truncated, ro.next_values, boot)
             adv, returns = a3g_targets(
                 ro.rewards, values.detach(), next_values, ro.terminations, ro.dones,
                 gamma=cfg.gamma, lam=cfg.gae_lambda,
             )  # fmt: skip
-        terms = a3g_loss(logits, values, ro.actions, adv, returns, cfg.ent_coef, cfg.vf_coef)
+        terms = a3g_loss(
+            logits.reshape(-1, logits.shape[-1]), values.reshape(-1), ro.actions.reshape(-1),
+            adv.reshape(-1), returns.reshape(-1), cfg.ent_coef, cfg.vf_coef,
+        )  # fmt: skip
+        terms["loss"] = terms["loss"] / self.n
         # Checked before anything reaches the shared model: one NaN gradient pushed there would
         # poison every worker and every later checkpoint.
         _check_finite_terms(terms, self.rank)
@@ -302,7 +319,7 @@ class Worker:
         metrics["time/env"] = ro.times["env"]
         metrics["time/inference"] = ro.times["inference"]
         metrics["time/sync"] = t_sync
-        metrics["steps"] = float(self.cfg.rollout_steps)
+        metrics["steps"] = float(self.cfg.rollout_steps * self.n)
         metrics["reward_sum"] = float(ro.rewards.sum())
         for name, total in ro.components.items():
             metrics[f"rewards/{name}"] = total
@@ -360,7 +377,7 @@ def worker_main(
             # Both arrive in one pickle, so they must be the very same tensors here.
             raise RuntimeError("the shared optimizer does not hold the shared model's parameters")
         env_cfg.stages = stages
-        env = MarioVectorEnv(env_cfg, num_envs=1, workers=1, seed=seed)
+        env = MarioVectorEnv(env_cfg, num_envs=cfg.envs_per_worker, workers=1, seed=seed)
         worker = Worker(
             cfg,
             env,
@@ -376,7 +393,7 @@ def worker_main(
             if os.getppid() != parent_pid:  # the main process died without stopping us
                 break
             metrics, episodes = worker.update()
-            counters[rank] += cfg.rollout_steps
+            counters[rank] += cfg.rollout_steps * cfg.envs_per_worker
             for ep in episodes:
                 ep["step"] = base_step + sum(counters)
                 messages.put(EpisodeMsg(rank, ep))

@@ -26,6 +26,10 @@ class A3GConfig:
     workers: int = 2
     """Worker processes, each with its own env and model copy (the seed used 32; on CPU one per
     core is right)."""
+    envs_per_worker: int = 1
+    """Envs each worker steps together, with one batched forward pass per step and one Hogwild
+    update per rollout of all of them (1: the seed's one env per worker). On a CPU a batch-1
+    forward pass is most of a worker's time, so a few envs per worker multiply its steps/s."""
     rollout_steps: int = 20
     """Steps of one rollout between two updates of the shared model (the seed's -ns)."""
     gamma: float = 0.99
@@ -106,7 +110,7 @@ class A3GConfig:
             raise ValueError(
                 f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}"
             )
-        for name in ("total_steps", "workers", "rollout_steps", "lstm_hidden"):
+        for name in ("total_steps", "workers", "envs_per_worker", "rollout_steps", "lstm_hidden"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

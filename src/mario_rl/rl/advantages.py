@@ -51,15 +51,16 @@ def discounted_running_returns(
 
 
 def a3g_targets(*rollout: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-    """(GAE(lambda) advantages, n-step bootstrapped returns) of a (T,) rollout, as the seed takes
-    them: the policy follows the advantages, the value is regressed on the returns (lambda 1).
+    """(GAE(lambda) advantages, n-step bootstrapped returns) of a (T,) or (T, N) rollout, as the
+    seed takes them: the policy follows the advantages, the value is regressed on the returns
+    (lambda 1).
 
-    ``rollout`` is :func:`gae`'s (rewards, values, next_values, terminations, dones), each (T,).
-    ``next_values[t]`` is V of the observation after step t in the same episode (see
+    ``rollout`` is :func:`gae`'s (rewards, values, next_values, terminations, dones), each (T,)
+    or (T, N). ``next_values[t]`` is V of the observation after step t in the same episode (see
     :func:`mario_rl.rl.advantages.gae`); terminations cut the bootstrap, dones cut the chain.
     """
-    col = lambda x: x.reshape(-1, 1)  # noqa: E731  (gae works on (T, N))
-    args = tuple(col(x) for x in rollout)
+    shape = rollout[0].shape
+    args = tuple(x.reshape(shape[0], -1) for x in rollout)  # gae works on (T, N)
     adv, _ = gae(*args, gamma, lam)
     _, returns = gae(*args, gamma, 1.0)
-    return adv.reshape(-1), returns.reshape(-1)
+    return adv.reshape(shape), returns.reshape(shape)
