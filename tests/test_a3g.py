@@ -25,8 +25,8 @@ from mario_rl.algos.a3g_stages import (
     assign_stages,
     curriculum_selection,
     plan_workers,
+    train_stages_note,
     train_stages_spec,
-    train_stages_warning,
     untrained_stages,
 )
 from mario_rl.algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, Worker, push_gradients
@@ -302,31 +302,63 @@ def test_device_round_robin() -> None:
 
 
 # -- stages and curriculum ---------------------------------------------------------------------
-def test_train_stages_assignment_fewer_and_more_than_32_workers() -> None:
-    few = assign_stages("1-1", 5, train_stages=True, curriculum=False)
-    assert few == list(STAGES[:5])
-    assert untrained_stages(5, True) == STAGES[5:]
-    warning = train_stages_warning(5, True)
-    assert warning and "27 stages" in warning and "8-4" in warning and "1-1 … 2-1" in warning
-    assert train_stages_spec(5) == "1-1,1-2,1-3,1-4,2-1"
-    many = assign_stages("1-1", 36, train_stages=True, curriculum=False)
+@pytest.mark.parametrize("workers", [1, 2, 5, 31])
+def test_train_stages_with_fewer_than_32_workers_trains_every_stage(workers: int) -> None:
+    """The seed's -ts trains only the first W stages with W < 32 workers; ours shares all 32:
+    rank r plays stages r, r+W, r+2W, …, one drawn uniformly at each episode start."""
+    specs = assign_stages("all", workers, train_stages=True, curriculum=False)
+    shares = [parse_stages(spec).stages for spec in specs]
+    assert len(shares) == workers
+    assert sorted(s for share in shares for s in share) == sorted(STAGES)  # each stage once
+    sizes = [len(share) for share in shares]
+    assert max(sizes) - min(sizes) <= 1
+    for r, share in enumerate(shares):
+        assert share == STAGES[r::workers]
+    assert untrained_stages(workers, True) == ()
+    assert train_stages_spec(workers) == "all"  # evaluated and recorded: every stage
+    # A list is drawn uniformly, every one of its stages in turn.
+    sel = parse_stages(specs[0])
+    assert len(set(sel.weights)) == 1
+    rng = np.random.default_rng(0)
+    assert {sel.sample(rng) for _ in range(400)} == set(sel.stages)
+    note = train_stages_note(workers, True)
+    assert note and "\n" not in note and "uniformly" in note
+    assert "curriculum" in (train_stages_note(workers, True, curriculum=True) or "")
+
+
+def test_train_stages_with_32_or_more_workers_is_the_seeds() -> None:
+    assert assign_stages("all", 32, train_stages=True, curriculum=False) == list(STAGES)
+    many = assign_stages("all", 36, train_stages=True, curriculum=False)
     assert many[:32] == list(STAGES) and many[32:] == ["game"] * 4
-    assert untrained_stages(36, True) == () and train_stages_warning(36, True) is None
-    assert train_stages_spec(36) == "all"
+    for workers in (32, 36):
+        assert untrained_stages(workers, True) == () and train_stages_spec(workers) == "all"
+        assert train_stages_note(workers, True) is None  # nothing to say: rank r plays stage r
     # With a curriculum the extra workers draw from all 32 stages instead of playing the game.
-    assert assign_stages("1-1", 34, True, curriculum=True)[32:] == ["all", "all"]
+    assert assign_stages("all", 34, True, curriculum=True)[32:] == ["all", "all"]
     # Without --train-stages every worker gets --stages.
     assert assign_stages("1-1,4-2", 3, False, False) == ["1-1,4-2"] * 3
-    assert untrained_stages(3, False) == ()
+    assert untrained_stages(3, False) == () and train_stages_note(3, False) is None
 
 
 def test_curriculum_needs_a_worker_to_move() -> None:
     assert plan_workers(tiny_cfg(curriculum=True), "1-1,1-2")[1] == [0, 1]
-    assert plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=33), "1-1")[1] == [32]
+    assert plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=33), "all")[1] == [32]
+    # Fewer than 32 workers: those with several stages follow the curriculum.
+    assert plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=4), "all")[1] == [
+        0, 1, 2, 3,
+    ]  # fmt: skip
+    assert plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=31), "all")[1] == [0]
     with pytest.raises(ValueError, match="set of stages"):
         plan_workers(tiny_cfg(curriculum=True), "1-1")
-    with pytest.raises(ValueError, match="more than 32"):
-        plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=4), "1-1")
+    with pytest.raises(ValueError, match="32 workers each worker plays one stage"):
+        plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=32), "all")
+    # The curriculum of 4 train-stages workers weighs all 32 stages, each in its worker's share.
+    a3g = A3G(tiny_cfg(curriculum=True, train_stages=True, workers=4), EnvConfig(stages="all"))
+    assert a3g.curriculum is not None and a3g.curriculum.stages == STAGES
+    for _ in range(25):
+        a3g.record([EpisodeMsg(1, {"start_stage": "1-2", "flag": True})])
+    sel = curriculum_selection(parse_stages(a3g.assignments[1]), a3g.stage_weights)
+    assert sel.stages[0] == "1-2" and sel.weights[0] < sel.weights[1] / 3
 
 
 def test_curriculum_weights_move_toward_failed_stages() -> None:

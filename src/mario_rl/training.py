@@ -329,7 +329,7 @@ class _A3GSteps:
 def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | None = None) -> int:
     """Run (or resume) a validated A3G job (see :func:`train`); returns the process exit code."""
     from .algos.a3g import A3G
-    from .algos.a3g_stages import plan_workers, train_stages_spec, train_stages_warning
+    from .algos.a3g_stages import plan_workers, train_stages_note, train_stages_spec
     from .devices import check_devices
 
     if job.a3g.train_stages:
@@ -341,9 +341,12 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | 
     _check_obs_fits(job.a3g, job.env)
     run, job, latest = _open_run(job, total_steps_given)
     cfg = job.a3g
-    warning = train_stages_warning(cfg.workers, cfg.train_stages)
-    if warning:
-        print(f"mario-rl: warning: {warning}", file=sys.stderr)
+    if cfg.train_stages:
+        # A run saved when fewer than 32 workers left stages out: its workers now cover them all.
+        job.env.stages = train_stages_spec(cfg.workers)
+    note = train_stages_note(cfg.workers, cfg.train_stages, cfg.curriculum)
+    if note:
+        print(f"mario-rl: note: {note}", file=sys.stderr)
 
     a3g = A3G(cfg, job.env)
     meta = None
