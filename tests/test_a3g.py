@@ -8,9 +8,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,14 @@ from mario_rl.algos.a3g_stages import (
     train_stages_spec,
     untrained_stages,
 )
-from mario_rl.algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, Worker, push_gradients
+from mario_rl.algos.a3g_worker import (
+    EpisodeMsg,
+    ErrorMsg,
+    ExitMsg,
+    UpdateMsg,
+    Worker,
+    push_gradients,
+)
 from mario_rl.algos.shared_optim import SharedAdam, SharedRMSprop, make_optimizer, state_is_shared
 from mario_rl.cli import main
 from mario_rl.config.a3g import A3GConfig
@@ -518,6 +527,65 @@ def test_two_worker_smoke_run_and_eval(tmp_path: Path) -> None:
     # SIGINT/SIGTERM, --resume and the final checkpoint: tests/test_reliability.py (every algo).
     assert any("eval/flag_rate" in row for row in _rows(run))
     assert (run / "checkpoints" / "best" / "meta.json").is_file()
+
+
+# -- workers that fail (raising, killed: test_reliability.py) ----------------------------------
+class _Proc:
+    def __init__(self) -> None:
+        self.alive = True
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+def test_a_silent_worker_is_taken_as_hung_after_the_timeout() -> None:
+    a3g = A3G(tiny_cfg(workers=3), EnvConfig(stages="1-1"))
+    procs = [_Proc(), _Proc(), _Proc()]
+    a3g.procs = procs
+    a3g.started_at = t0 = time.monotonic()
+    a3g.hang_timeout_s, a3g.start_timeout_s = 10.0, 100.0
+    # Before its first message a worker has the start limit (spawn, imports, a first update).
+    assert a3g.hung(t0 + 50) == []
+    a3g.record([UpdateMsg(0, {}), EpisodeMsg(1, {})])
+    heard = a3g.last_heard[0]
+    assert heard is not None and a3g.hung(heard + 9) == []
+    # Each rank has its own clock: 0 and 1 are silent past 10 s, 2 is still starting.
+    assert [(r, h) for r, _s, h in a3g.hung(heard + 11)] == [(0, True), (1, True)]
+    a3g.record([ExitMsg(1, 8)])  # a worker that finished is not hung
+    procs[0].alive = False  # nor one that died (A3G.dead() reports it)
+    assert a3g.hung(t0 + 99) == []
+    assert [(r, h) for r, _s, h in a3g.hung(t0 + 101)] == [(2, False)]
+
+
+def test_an_a3g_worker_that_hangs_stops_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Worker 0's env hangs in a step once a checkpoint exists, while worker 1 goes on sending:
+    the run stops with one line naming worker 0, writes its final checkpoint and ends both."""
+    import faulty_workers
+    from mario_rl.algos import a3g as a3g_mod
+
+    monkeypatch.setattr(a3g_mod, "worker_main", faulty_workers.hanging_worker_main)
+    monkeypatch.setattr(a3g_mod, "HANG_TIMEOUT_S", 8.0)
+    run = tmp_path / "run"
+    monkeypatch.setenv("MARIO_RL_TEST_ARM_AFTER", str(run))
+    t0 = time.monotonic()
+    code = main(
+        [*A3G_TINY, "--total-steps", "1000000", "--eval-every", "0", "--checkpoint-every", "40",
+         "--run-dir", str(run)]
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 1 and took < 600, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert errors == [err.strip().splitlines()[-1]], err  # one line, the last
+    assert re.fullmatch(
+        r"mario-rl: error: A3G worker 0 sent nothing for \d+ s \(a hung env\?\);"
+        r" stopped, final checkpoint .*final",
+        errors[0],
+    ), err
+    assert load_checkpoint(run / "checkpoints" / "final")[1]["step"] >= 40
+    assert not [p for p in mp.active_children() if p.name.startswith("mario-rl-a3g")]
 
 
 @pytest.mark.parametrize(

@@ -286,6 +286,12 @@ class _A3GSteps:
             return Step(
                 failure=Failure(f"worker {rank} failed", f"A3G worker {rank} failed: {summary}")
             )
+        # A worker stuck in an env step sends nothing and never sees the stop event: end it.
+        hung = [] if stopping() else self.a3g.hung()
+        if hung:
+            self.a3g.terminate([rank for rank, _s, _heard in hung])
+            rank, silent, heard = hung[0]
+            return Step(failure=Failure(f"worker {rank} hung", _hung_worker(rank, silent, heard)))
         # Workers exit on their own once the budget is reached: only earlier is that a failure.
         done = self.a3g.global_step >= self.cfg.total_steps
         if not done and (len(stats.exited) == self.cfg.workers or not self.a3g.alive()):
@@ -369,5 +375,11 @@ def _dead_worker(rank: int, exitcode: int) -> str:
             how = f"killed by {signal.Signals(-exitcode).name}"
     return (
         f"A3G worker {rank} died ({how}) without reporting an error"
-        " (out of memory? see the system log); the others were stopped"
+        " (out of memory? see the system log)"
     )
+
+
+def _hung_worker(rank: int, silent: float, heard: bool) -> str:
+    if heard:
+        return f"A3G worker {rank} sent nothing for {silent:.0f} s (a hung env?)"
+    return f"A3G worker {rank} sent nothing in the {silent:.0f} s since it started (a hung env?)"
