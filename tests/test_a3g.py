@@ -180,6 +180,60 @@ def test_episode_state_is_reset_between_episodes() -> None:
     assert starts.sum() == len([e for e in ends if e + 1 < len(starts)]) + 1
 
 
+_WORKER_ENV_CHILD = """
+import json, sys, threading
+from mario_rl.envs import STAGES, EnvConfig, MarioVectorEnv
+from mario_rl.envs.emulator import native_start_state
+
+made = []
+
+def watch(frame, event, arg):
+    # Any Python-level constructor of nes-py or gym-super-mario-bros (NESEnv, SuperMarioBrosEnv,
+    # VectorNESEmulator, ...) or gymnasium.make would show here.
+    code = frame.f_code
+    path = code.co_filename.replace("\\\\", "/")
+    theirs = "/nes_py/" in path or "/gym_super_mario_bros/" in path
+    if event == "call" and (
+        (theirs and code.co_name in ("__init__", "__new__", "make"))
+        or (path.endswith("gymnasium/envs/registration.py") and code.co_name == "make")
+    ):
+        made.append(f"{path.rsplit('/', 2)[-2]}.{code.co_qualname}")
+
+threading.setprofile_all_threads(watch)
+env = MarioVectorEnv(EnvConfig(stages="4-2,8-4", emulator="native"), num_envs=1, workers=1, seed=0)
+obs, info = env.reset(seed=0)
+threading.setprofile_all_threads(None)
+print(json.dumps({
+    "stage": STAGES[int(info["stage"][0])],
+    "native_starts": native_start_state.cache_info().currsize,
+    "made": made,
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] in (
+        "gym", "nes_py", "gym_super_mario_bros", "mario_rl")),
+}))
+env.close()
+"""
+
+
+def test_a_worker_env_starts_its_stage_from_the_native_core_alone() -> None:
+    """What an A3G worker builds (one native-core env on a list of stages) starts its stage from
+    the native core's own start state, in a fresh process, with no gym env or nes-py emulator.
+
+    Finding the ROM file still imports gym_super_mario_bros (``emulator.rom_path``, and its
+    ``decode_target`` for the stage's RAM values); that package's import brings in nes_py and
+    registers gymnasium ids, but constructs nothing."""
+    r = subprocess.run(
+        [sys.executable, "-c", _WORKER_ENV_CHILD], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["stage"] in ("4-2", "8-4")
+    assert got["native_starts"] == 1  # made by the native core (cached per process)
+    assert got["made"] == []  # no env class, no nes-py emulator, no gymnasium.make
+    assert "gym" not in got["modules"]  # the old gym package
+    # The nes-py backend's start states come from a SuperMarioBrosEnv: not loaded here.
+    assert "mario_rl.envs.snapshots" not in got["modules"]
+
+
 # -- shared optimizers -------------------------------------------------------------------------
 def _reference(kind: str, model: ActorCritic) -> tuple[ActorCritic, torch.optim.Optimizer]:
     reference = ActorCritic(TINY_SPEC)
