@@ -1,4 +1,4 @@
-"""A3G worker entry points with an injected fault, for test_reliability's fault tests.
+"""A3G worker entry points with an injected fault, for the fault tests (test_reliability, test_a3g).
 
 A3G spawns its workers with ``target=worker_main`` looked up in ``mario_rl.algos.a3g`` when
 ``start()`` runs; a test swaps in one of these (spawn pickles them by reference, so they live in
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,15 @@ def _die(worker: a3g.Worker) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _hang(worker: a3g.Worker) -> None:
+    # An env stuck inside a step (a deadlocked emulator, a blocking call): no message, no exit.
+    def step(*a: Any, **k: Any) -> Any:
+        while True:
+            time.sleep(3600)
+
+    worker.env.step = step
+
+
 def raising_worker_main(rank: int, *args: Any) -> None:
     """worker_main whose worker 0 raises RuntimeError in an update."""
     _patch_update(rank, _raise)
@@ -53,6 +63,12 @@ def raising_worker_main(rank: int, *args: Any) -> None:
 def dying_worker_main(rank: int, *args: Any) -> None:
     """worker_main whose worker 0 is SIGKILLed in an update (no error message sent)."""
     _patch_update(rank, _die)
+    a3g.worker_main(rank, *args)
+
+
+def hanging_worker_main(rank: int, *args: Any) -> None:
+    """worker_main whose worker 0's env hangs in a step (forever, sending nothing)."""
+    _patch_update(rank, _hang)
     a3g.worker_main(rank, *args)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +27,18 @@ from mario_rl.algos.a3g_stages import (
     assign_stages,
     curriculum_selection,
     plan_workers,
+    train_stages_note,
     train_stages_spec,
-    train_stages_warning,
     untrained_stages,
 )
-from mario_rl.algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, Worker, push_gradients
+from mario_rl.algos.a3g_worker import (
+    EpisodeMsg,
+    ErrorMsg,
+    ExitMsg,
+    UpdateMsg,
+    Worker,
+    push_gradients,
+)
 from mario_rl.algos.shared_optim import SharedAdam, SharedRMSprop, make_optimizer, state_is_shared
 from mario_rl.cli import main
 from mario_rl.config.a3g import A3GConfig
@@ -172,6 +181,60 @@ def test_episode_state_is_reset_between_episodes() -> None:
     assert starts.sum() == len([e for e in ends if e + 1 < len(starts)]) + 1
 
 
+_WORKER_ENV_CHILD = """
+import json, sys, threading
+from mario_rl.envs import STAGES, EnvConfig, MarioVectorEnv
+from mario_rl.envs.emulator import native_start_state
+
+made = []
+
+def watch(frame, event, arg):
+    # Any Python-level constructor of nes-py or gym-super-mario-bros (NESEnv, SuperMarioBrosEnv,
+    # VectorNESEmulator, ...) or gymnasium.make would show here.
+    code = frame.f_code
+    path = code.co_filename.replace("\\\\", "/")
+    theirs = "/nes_py/" in path or "/gym_super_mario_bros/" in path
+    if event == "call" and (
+        (theirs and code.co_name in ("__init__", "__new__", "make"))
+        or (path.endswith("gymnasium/envs/registration.py") and code.co_name == "make")
+    ):
+        made.append(f"{path.rsplit('/', 2)[-2]}.{code.co_qualname}")
+
+threading.setprofile_all_threads(watch)
+env = MarioVectorEnv(EnvConfig(stages="4-2,8-4", emulator="native"), num_envs=1, workers=1, seed=0)
+obs, info = env.reset(seed=0)
+threading.setprofile_all_threads(None)
+print(json.dumps({
+    "stage": STAGES[int(info["stage"][0])],
+    "native_starts": native_start_state.cache_info().currsize,
+    "made": made,
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] in (
+        "gym", "nes_py", "gym_super_mario_bros", "mario_rl")),
+}))
+env.close()
+"""
+
+
+def test_a_worker_env_starts_its_stage_from_the_native_core_alone() -> None:
+    """What an A3G worker builds (one native-core env on a list of stages) starts its stage from
+    the native core's own start state, in a fresh process, with no gym env or nes-py emulator.
+
+    Finding the ROM file still imports gym_super_mario_bros (``emulator.rom_path``, and its
+    ``decode_target`` for the stage's RAM values); that package's import brings in nes_py and
+    registers gymnasium ids, but constructs nothing."""
+    r = subprocess.run(
+        [sys.executable, "-c", _WORKER_ENV_CHILD], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["stage"] in ("4-2", "8-4")
+    assert got["native_starts"] == 1  # made by the native core (cached per process)
+    assert got["made"] == []  # no env class, no nes-py emulator, no gymnasium.make
+    assert "gym" not in got["modules"]  # the old gym package
+    # The nes-py backend's start states come from a SuperMarioBrosEnv: not loaded here.
+    assert "mario_rl.envs.snapshots" not in got["modules"]
+
+
 # -- shared optimizers -------------------------------------------------------------------------
 def _reference(kind: str, model: ActorCritic) -> tuple[ActorCritic, torch.optim.Optimizer]:
     reference = ActorCritic(TINY_SPEC)
@@ -303,31 +366,63 @@ def test_device_round_robin() -> None:
 
 
 # -- stages and curriculum ---------------------------------------------------------------------
-def test_train_stages_assignment_fewer_and_more_than_32_workers() -> None:
-    few = assign_stages("1-1", 5, train_stages=True, curriculum=False)
-    assert few == list(STAGES[:5])
-    assert untrained_stages(5, True) == STAGES[5:]
-    warning = train_stages_warning(5, True)
-    assert warning and "27 stages" in warning and "8-4" in warning and "1-1 … 2-1" in warning
-    assert train_stages_spec(5) == "1-1,1-2,1-3,1-4,2-1"
-    many = assign_stages("1-1", 36, train_stages=True, curriculum=False)
+@pytest.mark.parametrize("workers", [1, 2, 5, 31])
+def test_train_stages_with_fewer_than_32_workers_trains_every_stage(workers: int) -> None:
+    """The seed's -ts trains only the first W stages with W < 32 workers; ours shares all 32:
+    rank r plays stages r, r+W, r+2W, …, one drawn uniformly at each episode start."""
+    specs = assign_stages("all", workers, train_stages=True, curriculum=False)
+    shares = [parse_stages(spec).stages for spec in specs]
+    assert len(shares) == workers
+    assert sorted(s for share in shares for s in share) == sorted(STAGES)  # each stage once
+    sizes = [len(share) for share in shares]
+    assert max(sizes) - min(sizes) <= 1
+    for r, share in enumerate(shares):
+        assert share == STAGES[r::workers]
+    assert untrained_stages(workers, True) == ()
+    assert train_stages_spec(workers) == "all"  # evaluated and recorded: every stage
+    # A list is drawn uniformly, every one of its stages in turn.
+    sel = parse_stages(specs[0])
+    assert len(set(sel.weights)) == 1
+    rng = np.random.default_rng(0)
+    assert {sel.sample(rng) for _ in range(400)} == set(sel.stages)
+    note = train_stages_note(workers, True)
+    assert note and "\n" not in note and "uniformly" in note
+    assert "curriculum" in (train_stages_note(workers, True, curriculum=True) or "")
+
+
+def test_train_stages_with_32_or_more_workers_is_the_seeds() -> None:
+    assert assign_stages("all", 32, train_stages=True, curriculum=False) == list(STAGES)
+    many = assign_stages("all", 36, train_stages=True, curriculum=False)
     assert many[:32] == list(STAGES) and many[32:] == ["game"] * 4
-    assert untrained_stages(36, True) == () and train_stages_warning(36, True) is None
-    assert train_stages_spec(36) == "all"
+    for workers in (32, 36):
+        assert untrained_stages(workers, True) == () and train_stages_spec(workers) == "all"
+        assert train_stages_note(workers, True) is None  # nothing to say: rank r plays stage r
     # With a curriculum the extra workers draw from all 32 stages instead of playing the game.
-    assert assign_stages("1-1", 34, True, curriculum=True)[32:] == ["all", "all"]
+    assert assign_stages("all", 34, True, curriculum=True)[32:] == ["all", "all"]
     # Without --train-stages every worker gets --stages.
     assert assign_stages("1-1,4-2", 3, False, False) == ["1-1,4-2"] * 3
-    assert untrained_stages(3, False) == ()
+    assert untrained_stages(3, False) == () and train_stages_note(3, False) is None
 
 
 def test_curriculum_needs_a_worker_to_move() -> None:
     assert plan_workers(tiny_cfg(curriculum=True), "1-1,1-2")[1] == [0, 1]
-    assert plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=33), "1-1")[1] == [32]
+    assert plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=33), "all")[1] == [32]
+    # Fewer than 32 workers: those with several stages follow the curriculum.
+    assert plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=4), "all")[1] == [
+        0, 1, 2, 3,
+    ]  # fmt: skip
+    assert plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=31), "all")[1] == [0]
     with pytest.raises(ValueError, match="set of stages"):
         plan_workers(tiny_cfg(curriculum=True), "1-1")
-    with pytest.raises(ValueError, match="more than 32"):
-        plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=4), "1-1")
+    with pytest.raises(ValueError, match="32 workers each worker plays one stage"):
+        plan_workers(tiny_cfg(curriculum=True, train_stages=True, workers=32), "all")
+    # The curriculum of 4 train-stages workers weighs all 32 stages, each in its worker's share.
+    a3g = A3G(tiny_cfg(curriculum=True, train_stages=True, workers=4), EnvConfig(stages="all"))
+    assert a3g.curriculum is not None and a3g.curriculum.stages == STAGES
+    for _ in range(25):
+        a3g.record([EpisodeMsg(1, {"start_stage": "1-2", "flag": True})])
+    sel = curriculum_selection(parse_stages(a3g.assignments[1]), a3g.stage_weights)
+    assert sel.stages[0] == "1-2" and sel.weights[0] < sel.weights[1] / 3
 
 
 def test_curriculum_weights_move_toward_failed_stages() -> None:
@@ -487,6 +582,65 @@ def test_two_worker_smoke_run_and_eval(tmp_path: Path) -> None:
     # SIGINT/SIGTERM, --resume and the final checkpoint: tests/test_reliability.py (every algo).
     assert any("eval/flag_rate" in row for row in _rows(run))
     assert (run / "checkpoints" / "best" / "meta.json").is_file()
+
+
+# -- workers that fail (raising, killed: test_reliability.py) ----------------------------------
+class _Proc:
+    def __init__(self) -> None:
+        self.alive = True
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+def test_a_silent_worker_is_taken_as_hung_after_the_timeout() -> None:
+    a3g = A3G(tiny_cfg(workers=3), EnvConfig(stages="1-1"))
+    procs = [_Proc(), _Proc(), _Proc()]
+    a3g.procs = procs
+    a3g.started_at = t0 = time.monotonic()
+    a3g.hang_timeout_s, a3g.start_timeout_s = 10.0, 100.0
+    # Before its first message a worker has the start limit (spawn, imports, a first update).
+    assert a3g.hung(t0 + 50) == []
+    a3g.record([UpdateMsg(0, {}), EpisodeMsg(1, {})])
+    heard = a3g.last_heard[0]
+    assert heard is not None and a3g.hung(heard + 9) == []
+    # Each rank has its own clock: 0 and 1 are silent past 10 s, 2 is still starting.
+    assert [(r, h) for r, _s, h in a3g.hung(heard + 11)] == [(0, True), (1, True)]
+    a3g.record([ExitMsg(1, 8)])  # a worker that finished is not hung
+    procs[0].alive = False  # nor one that died (A3G.dead() reports it)
+    assert a3g.hung(t0 + 99) == []
+    assert [(r, h) for r, _s, h in a3g.hung(t0 + 101)] == [(2, False)]
+
+
+def test_an_a3g_worker_that_hangs_stops_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Worker 0's env hangs in a step once a checkpoint exists, while worker 1 goes on sending:
+    the run stops with one line naming worker 0, writes its final checkpoint and ends both."""
+    import faulty_workers
+    from mario_rl.algos import a3g as a3g_mod
+
+    monkeypatch.setattr(a3g_mod, "worker_main", faulty_workers.hanging_worker_main)
+    monkeypatch.setattr(a3g_mod, "HANG_TIMEOUT_S", 8.0)
+    run = tmp_path / "run"
+    monkeypatch.setenv("MARIO_RL_TEST_ARM_AFTER", str(run))
+    t0 = time.monotonic()
+    code = main(
+        [*A3G_TINY, "--total-steps", "1000000", "--eval-every", "0", "--checkpoint-every", "40",
+         "--run-dir", str(run)]
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 1 and took < 600, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
+    assert errors == [err.strip().splitlines()[-1]], err  # one line, the last
+    assert re.fullmatch(
+        r"mario-rl: error: A3G worker 0 sent nothing for \d+ s \(a hung env\?\);"
+        r" stopped, final checkpoint .*final",
+        errors[0],
+    ), err
+    assert load_checkpoint(run / "checkpoints" / "final")[1]["step"] >= 40
+    assert not [p for p in mp.active_children() if p.name.startswith("mario-rl-a3g")]
 
 
 @pytest.mark.parametrize(

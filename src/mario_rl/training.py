@@ -286,6 +286,12 @@ class _A3GSteps:
             return Step(
                 failure=Failure(f"worker {rank} failed", f"A3G worker {rank} failed: {summary}")
             )
+        # A worker stuck in an env step sends nothing and never sees the stop event: end it.
+        hung = [] if stopping() else self.a3g.hung()
+        if hung:
+            self.a3g.terminate([rank for rank, _s, _heard in hung])
+            rank, silent, heard = hung[0]
+            return Step(failure=Failure(f"worker {rank} hung", _hung_worker(rank, silent, heard)))
         # Workers exit on their own once the budget is reached: only earlier is that a failure.
         done = self.a3g.global_step >= self.cfg.total_steps
         if not done and (len(stats.exited) == self.cfg.workers or not self.a3g.alive()):
@@ -329,7 +335,7 @@ class _A3GSteps:
 def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | None = None) -> int:
     """Run (or resume) a validated A3G job (see :func:`train`); returns the process exit code."""
     from .algos.a3g import A3G
-    from .algos.a3g_stages import plan_workers, train_stages_spec, train_stages_warning
+    from .algos.a3g_stages import plan_workers, train_stages_note, train_stages_spec
     from .devices import check_devices
 
     if job.a3g.train_stages:
@@ -341,9 +347,12 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | 
     _check_obs_fits(job.a3g, job.env)
     run, job, latest = _open_run(job, total_steps_given)
     cfg = job.a3g
-    warning = train_stages_warning(cfg.workers, cfg.train_stages)
-    if warning:
-        print(f"mario-rl: warning: {warning}", file=sys.stderr)
+    if cfg.train_stages:
+        # A run saved when fewer than 32 workers left stages out: its workers now cover them all.
+        job.env.stages = train_stages_spec(cfg.workers)
+    note = train_stages_note(cfg.workers, cfg.train_stages, cfg.curriculum)
+    if note:
+        print(f"mario-rl: note: {note}", file=sys.stderr)
 
     a3g = A3G(cfg, job.env)
     meta = None
@@ -366,5 +375,11 @@ def _dead_worker(rank: int, exitcode: int) -> str:
             how = f"killed by {signal.Signals(-exitcode).name}"
     return (
         f"A3G worker {rank} died ({how}) without reporting an error"
-        " (out of memory? see the system log); the others were stopped"
+        " (out of memory? see the system log)"
     )
+
+
+def _hung_worker(rank: int, silent: float, heard: bool) -> str:
+    if heard:
+        return f"A3G worker {rank} sent nothing for {silent:.0f} s (a hung env?)"
+    return f"A3G worker {rank} sent nothing in the {silent:.0f} s since it started (a hung env?)"

@@ -33,7 +33,7 @@ import torch.multiprocessing as mp
 from torch import Tensor
 
 from mario_rl.algos.a3g_stages import Curriculum, plan_workers
-from mario_rl.algos.a3g_worker import EpisodeMsg, UpdateMsg, WorkerMessage, worker_main
+from mario_rl.algos.a3g_worker import EpisodeMsg, ExitMsg, UpdateMsg, WorkerMessage, worker_main
 from mario_rl.algos.shared_optim import make_optimizer
 from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs import EnvConfig, action_meanings
@@ -46,6 +46,13 @@ from mario_rl.seeding import worker_seed
 
 CHECKPOINT_FORMAT = "mario-rl/a3g-trainer"
 CHECKPOINT_VERSION = 1
+
+HANG_TIMEOUT_S = 120.0
+"""A running worker that sends no message for this long is taken as hung (an env stuck in a step):
+the run stops. Its updates take well under a second, so this is far above any healthy gap."""
+START_TIMEOUT_S = 600.0
+"""The same limit before a worker's first message: spawning it, its imports and its first update
+can take tens of seconds on a busy machine (more with many workers on few cores)."""
 
 
 @contextlib.contextmanager
@@ -74,7 +81,8 @@ class A3G:
         a3g.load_state_dict(tensors, meta)      # resume (before start)
         a3g.start()
         while a3g.global_step < cfg.total_steps and a3g.alive():
-            for msg in a3g.poll(0.5): ...       # WorkerMessage: EpisodeMsg, UpdateMsg, ...
+            a3g.record(msgs := a3g.poll(0.5))    # WorkerMessage: EpisodeMsg, UpdateMsg, ...
+            if a3g.dead() or a3g.hung(): ...     # killed, or silent too long: stop the run
         a3g.stop()
     """
 
@@ -116,6 +124,14 @@ class A3G:
         """Steps done before this process started its workers (a resumed run's step)."""
         self.updates = 0
         self.episodes_done = 0
+        # Hang detection (read when the workers start; tests lower them).
+        self.hang_timeout_s = HANG_TIMEOUT_S
+        self.start_timeout_s = START_TIMEOUT_S
+        self.started_at = 0.0
+        self.last_heard: list[float | None] = [None] * cfg.workers
+        """time.monotonic() of each rank's last message as this process received it."""
+        self.finished: set[int] = set()
+        """Ranks that sent their ExitMsg."""
 
     @property
     def global_step(self) -> int:
@@ -132,6 +148,9 @@ class A3G:
             raise RuntimeError("workers already started")
         self.messages = self._ctx.Queue()
         self.stop_event = self._ctx.Event()
+        self.started_at = time.monotonic()
+        self.last_heard = [None] * self.cfg.workers
+        self.finished = set()
         with _single_thread_children():
             for rank in range(self.cfg.workers):
                 proc = self._ctx.Process(
@@ -163,6 +182,36 @@ class A3G:
             if not p.is_alive() and p.exitcode not in (None, 0)
         ]
 
+    def hung(self, now: float | None = None) -> list[tuple[int, float, bool]]:
+        """(rank, seconds, heard before) of running workers silent for too long: no message for
+        ``hang_timeout_s`` since their last one, or for ``start_timeout_s`` since :meth:`start`
+        when they have sent none yet. Call after folding the latest poll into :meth:`record`."""
+        now = time.monotonic() if now is None else now
+        out = []
+        for rank, p in enumerate(self.procs):
+            if rank in self.finished or not p.is_alive():
+                continue
+            last = self.last_heard[rank]
+            since, limit = (
+                (self.started_at, self.start_timeout_s)
+                if last is None
+                else (last, self.hang_timeout_s)
+            )
+            if now - since >= limit:
+                out.append((rank, now - since, last is not None))
+        return out
+
+    def terminate(self, ranks: Sequence[int]) -> None:
+        """End these workers now (SIGTERM, then SIGKILL): a hung one never sees the stop event."""
+        for rank in ranks:
+            p = self.procs[rank]
+            if p.is_alive():
+                p.terminate()
+                p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(2.0)
+
     def poll(self, timeout: float = 0.0) -> list[WorkerMessage]:
         """Messages from the workers: waits up to ``timeout`` for the first, then drains."""
         out: list[WorkerMessage] = []
@@ -181,8 +230,14 @@ class A3G:
                 return out
 
     def record(self, messages: Sequence[WorkerMessage]) -> None:
-        """Fold worker messages into the counters and the curriculum (call with every batch)."""
+        """Fold worker messages into the counters, the curriculum and each rank's last-heard
+        time (call with every batch)."""
+        now = time.monotonic()
         for msg in messages:
+            if 0 <= msg.rank < len(self.last_heard):
+                self.last_heard[msg.rank] = now
+            if isinstance(msg, ExitMsg):
+                self.finished.add(msg.rank)
             if isinstance(msg, UpdateMsg):
                 self.updates += 1
             elif isinstance(msg, EpisodeMsg):

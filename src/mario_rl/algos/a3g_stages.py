@@ -15,33 +15,58 @@ __all__ = [
     "curriculum_selection",
     "is_curriculum_spec",
     "plan_workers",
+    "stage_shares",
+    "train_stages_note",
     "train_stages_spec",
-    "train_stages_warning",
     "untrained_stages",
 ]
+
+
+def stage_shares(workers: int) -> list[tuple[str, ...]]:
+    """The stages each of ``workers`` (< 32) ranks plays under --train-stages: rank r gets stages
+    r, r + W, r + 2W, … (game order), so all 32 are covered and shares differ by one at most."""
+    return [STAGES[r::workers] for r in range(workers)]
 
 
 def assign_stages(stages: str, workers: int, train_stages: bool, curriculum: bool) -> list[str]:
     """The stage selection of each worker rank.
 
-    Normally every worker trains on ``stages``. With ``train_stages`` (the seed's -ts), rank r < 32
-    trains on stage r alone and the others on the whole game, or, with ``curriculum``, on all 32
-    stages drawn by the curriculum's weights.
+    Normally every worker trains on ``stages``. With ``train_stages`` (the seed's -ts) and 32
+    workers or more, rank r < 32 trains on stage r alone, as in the seed, and the others on the
+    whole game, or, with ``curriculum``, on all 32 stages drawn by the curriculum's weights. With
+    fewer than 32 workers (where the seed trains the first W stages only) every stage still gets
+    a worker: rank r plays the list of :func:`stage_shares`, one stage drawn at each episode
+    start (uniformly, or by the curriculum's weights), or ``all`` for a single worker.
     """
     if not train_stages:
         return [parse_stages(stages).spec] * workers
+    if workers < len(STAGES):
+        return [
+            "all" if len(share) == len(STAGES) else ",".join(share)
+            for share in stage_shares(workers)
+        ]
     rest = "all" if curriculum else "game"
     return [STAGES[r] if r < len(STAGES) else rest for r in range(workers)]
 
 
 def untrained_stages(workers: int, train_stages: bool) -> tuple[str, ...]:
-    """Stages no worker plays under ``train_stages`` (fewer than 32 workers), else none."""
-    return STAGES[workers:] if train_stages else ()
+    """Stages no worker plays under ``train_stages`` (none: every stage gets a worker)."""
+    if not train_stages:
+        return ()
+    covered = {s for spec in assign_stages("all", workers, True, False) for s in _stages_of(spec)}
+    return tuple(s for s in STAGES if s not in covered)
+
+
+def _stages_of(spec: str) -> tuple[str, ...]:
+    sel = parse_stages(spec)
+    return STAGES if sel.game else sel.stages
 
 
 def train_stages_spec(workers: int) -> str:
-    """The stages ``train_stages`` covers with ``workers`` workers (for evaluation and records)."""
-    return "all" if workers >= len(STAGES) else ",".join(STAGES[:workers])
+    """The stages ``train_stages`` covers with ``workers`` workers (for evaluation and records):
+    ``all`` whenever every stage has a worker, which it always has."""
+    missing = set(untrained_stages(workers, True))
+    return "all" if not missing else ",".join(s for s in STAGES if s not in missing)
 
 
 def is_curriculum_spec(spec: str) -> bool:
@@ -59,7 +84,8 @@ def plan_workers(cfg: A3GConfig, stages: str) -> tuple[list[str], list[int]]:
     )
     if cfg.curriculum and not ranks:
         why = (
-            "with --train-stages only workers beyond the 32 stage workers follow it; use more than 32 workers"
+            f"with --train-stages and {cfg.workers} workers each worker plays one stage;"
+            " use fewer or more than 32 workers"
             if cfg.train_stages
             else f"it needs a set of stages (a list or 'all'), not {stages!r}"
         )
@@ -67,15 +93,19 @@ def plan_workers(cfg: A3GConfig, stages: str) -> tuple[list[str], list[int]]:
     return assignments, ranks
 
 
-def train_stages_warning(workers: int, train_stages: bool) -> str | None:
-    """The warning for --train-stages with fewer than 32 workers (which stages go untrained)."""
-    missing = untrained_stages(workers, train_stages)
-    if not missing:
+def train_stages_note(workers: int, train_stages: bool, curriculum: bool = False) -> str | None:
+    """One line on how --train-stages shares the 32 stages among fewer than 32 workers (None
+    with 32 or more: rank r < 32 plays stage r, as in the seed)."""
+    if not train_stages or workers >= len(STAGES):
         return None
-    covered = STAGES[0] if workers == 1 else f"{STAGES[0]} … {STAGES[workers - 1]}"
+    how = "by the curriculum's weights" if curriculum else "uniformly"
+    if workers == 1:
+        return f"--train-stages with 1 worker: it plays all 32 stages, one drawn {how} per episode"
+    sizes = sorted({len(share) for share in stage_shares(workers)})
+    each = " or ".join(map(str, sizes))
     return (
-        f"--train-stages with {workers} workers trains {covered} only; {len(missing)} stages get"
-        f" no worker and are not trained ({', '.join(missing)}); use 32 workers or more"
+        f"--train-stages with {workers} workers: worker r plays the stages r, r+{workers}, … of"
+        f" the 32 ({each} each, one drawn {how} per episode); every stage is trained"
     )
 
 
