@@ -32,6 +32,7 @@ from mario_rl.algos.a3g_stages import (
     untrained_stages,
 )
 from mario_rl.algos.a3g_worker import (
+    A3GRollout,
     EpisodeMsg,
     ErrorMsg,
     ExitMsg,
@@ -121,7 +122,7 @@ def test_loss_hand_computed() -> None:
 # -- rollouts on the real env ----------------------------------------------------------------
 def _right_only_worker(cfg: A3GConfig, env_cfg: EnvConfig) -> Worker:
     """A worker whose policy always presses right (a deterministic walk into the first Goomba)."""
-    env = MarioVectorEnv(env_cfg, num_envs=1, workers=1, seed=0)
+    env = MarioVectorEnv(env_cfg, num_envs=cfg.envs_per_worker, workers=1, seed=0)
     torch.manual_seed(0)
     model = ActorCritic(ModelSpec("small", (4, 84, 84), 5, recurrent=True, hidden_size=16))
     with torch.no_grad():
@@ -233,6 +234,88 @@ def test_a_worker_env_starts_its_stage_from_the_native_core_alone() -> None:
     assert "gym" not in got["modules"]  # the old gym package
     # The nes-py backend's start states come from a SuperMarioBrosEnv: not loaded here.
     assert "mario_rl.envs.snapshots" not in got["modules"]
+
+
+def test_a_worker_with_several_envs_plays_them_together() -> None:
+    cfg = tiny_cfg(rollout_steps=30, envs_per_worker=3)
+    worker = _right_only_worker(cfg, EnvConfig(stages="1-1", actions="right-only", noop_max=0))
+    try:
+        rollouts = [worker.rollout() for _ in range(3)]
+        metrics, _ = worker.update()
+    finally:
+        worker.close()
+    ro = rollouts[0]
+    assert ro.obs.shape[:2] == (30, 3) and ro.actions.shape == (30, 3)
+    assert ro.init_state[0].shape == (3, 16) and ro.last_value.shape == (3,)
+    assert worker.steps == 4 * 30 * 3 and metrics["steps"] == 90
+    # Same start, same actions: the three envs walk into the Goomba in lock-step, and each
+    # env's episode is recorded once, with that env's own steps.
+    rewards = torch.cat([r.rewards for r in rollouts])
+    dones = torch.cat([r.dones for r in rollouts])
+    for i in (1, 2):
+        torch.testing.assert_close(rewards[:, i], rewards[:, 0])
+        assert torch.equal(dones[:, i], dones[:, 0])
+    episodes = [ep for r in rollouts for ep in r.episodes]
+    ends = torch.nonzero(dones[:, 0]).flatten().tolist()
+    assert len(ends) >= 1 and len(episodes) == 3 * len(ends)
+    assert [ep["l"] for ep in episodes[:3]] == [ends[0] + 1] * 3
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_an_update_of_n_envs_is_the_mean_of_their_single_env_updates() -> None:
+    """The batched loss sums over steps and averages over envs: its gradient is the mean of the
+    gradients of each env's rollout taken alone (the seed's one-env update)."""
+    cfg = tiny_cfg(rollout_steps=12, envs_per_worker=2, max_grad_norm=0.0)
+    env = FakeVectorEnv(num_envs=2, size=84, n_actions=5, seed=1, death_p=0.2, max_len=7)
+    torch.manual_seed(0)
+    shared = ActorCritic(ModelSpec("small", (4, 84, 84), 5, recurrent=True, hidden_size=16))
+    shared.share_memory()
+    opt = make_optimizer(cfg, shared.parameters(), shared=True)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    worker = Worker(cfg, env, shared, opt, seed=5)
+    worker.optimizer = torch.optim.SGD(shared.parameters(), lr=0.0)
+    ro = worker.rollout()
+    assert ro.dones.any()
+    worker.learn(ro)
+    batched = [p.grad.clone() for p in shared.parameters()]
+    singles = []
+    worker.n = 1
+    for i in range(2):
+        cols = {
+            name: getattr(ro, name)[:, i : i + 1]
+            for name in (
+                "obs",
+                "actions",
+                "rewards",
+                "terminations",
+                "dones",
+                "starts",
+                "next_values",
+            )
+        }
+        one = A3GRollout(
+            **cols,
+            init_state=(ro.init_state[0][i : i + 1], ro.init_state[1][i : i + 1]),
+            last_value=ro.last_value[i : i + 1],
+        )
+        worker.learn(one)
+        singles.append([p.grad.clone() for p in shared.parameters()])
+    for b, s0, s1 in zip(batched, singles[0], singles[1], strict=True):
+        torch.testing.assert_close(b, (s0 + s1) / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_targets_of_n_envs_are_each_envs_targets() -> None:
+    g = torch.Generator().manual_seed(0)
+    rewards, values, nxt = (torch.randn(9, 3, generator=g) for _ in range(3))
+    terms = torch.rand(9, 3, generator=g) < 0.2
+    dones = terms | (torch.rand(9, 3, generator=g) < 0.2)
+    adv, ret = a3g_targets(rewards, values, nxt, terms, dones, gamma=0.9, lam=0.95)
+    for i in range(3):
+        cols = (rewards[:, i], values[:, i], nxt[:, i], terms[:, i], dones[:, i])
+        a, r = a3g_targets(*cols, gamma=0.9, lam=0.95)
+        torch.testing.assert_close(adv[:, i], a)
+        torch.testing.assert_close(ret[:, i], r)
 
 
 # -- shared optimizers -------------------------------------------------------------------------

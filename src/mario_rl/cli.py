@@ -274,7 +274,8 @@ def _a3g_job(ns: argparse.Namespace, command: str, stages: str):
         "all",
     ):
         raise UsageError(
-            "--train-stages gives each worker its own stage (rank r plays stage r); drop --stages"
+            "--train-stages shares all 32 stages among the workers (worker r plays stages r, r+W, …"
+            " with W < 32 workers; stage r with 32 or more); drop --stages"
         )
     job = A3GJob(env_config(ns, env), a3g, run, command)
     job.validate()
