@@ -305,6 +305,32 @@ def test_an_update_of_n_envs_is_the_mean_of_their_single_env_updates() -> None:
         torch.testing.assert_close(b, (s0 + s1) / 2, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm_adv", [False, True])
+def test_norm_adv_normalises_the_policys_advantages_over_an_update(norm_adv, monkeypatch) -> None:
+    import mario_rl.algos.a3g_worker as worker_module
+
+    seen: list[torch.Tensor] = []
+
+    def spy(logits, values, actions, adv, returns, ent_coef, vf_coef):
+        seen.append(adv.detach().clone())
+        return a3g_loss(logits, values, actions, adv, returns, ent_coef, vf_coef)
+
+    monkeypatch.setattr(worker_module, "a3g_loss", spy)
+    cfg = tiny_cfg(rollout_steps=10, envs_per_worker=2, norm_adv=norm_adv)
+    env = FakeVectorEnv(num_envs=2, size=84, n_actions=5, seed=1, death_p=0.2, max_len=7)
+    torch.manual_seed(0)
+    shared = ActorCritic(ModelSpec("small", (4, 84, 84), 5, recurrent=True, hidden_size=16))
+    shared.share_memory()
+    worker = Worker(cfg, env, shared, make_optimizer(cfg, shared.parameters(), shared=True))
+    worker.learn(worker.rollout())
+    (adv,) = seen
+    assert adv.shape == (20,)
+    if norm_adv:
+        assert abs(float(adv.mean())) < 1e-5 and float(adv.std()) == pytest.approx(1.0, abs=1e-4)
+    else:
+        assert abs(float(adv.std()) - 1.0) > 1e-3  # the raw advantages, as the seed takes them
+
+
 def test_targets_of_n_envs_are_each_envs_targets() -> None:
     g = torch.Generator().manual_seed(0)
     rewards, values, nxt = (torch.randn(9, 3, generator=g) for _ in range(3))

@@ -438,3 +438,15 @@ def test_progress_eta_is_a_bound_when_a_clear_can_stop_the_run() -> None:
     clock.t = 10
     prog.update(500, eval="80% @ 500")
     assert "ETA <= 10s" in prog.line() and "eval 80% @ 500" in prog.line()
+
+
+def test_episode_metrics_average_the_stages_cleared_per_episode() -> None:
+    from mario_rl.rl.stats import episode_metrics
+
+    eps = [
+        {"r": 3.0, "l": 10, "x_max": 900, "flag": True, "stages_cleared": 2},
+        {"r": 1.0, "l": 6, "x_max": 300, "flag": False, "stages_cleared": 0},
+    ]
+    m = episode_metrics(eps, [])
+    assert m["charts/stages_cleared"] == 1.0 and m["charts/flag_rate"] == 0.5
+    assert m["charts/episodes"] == 2.0 and m["charts/x_max"] == 600.0

@@ -274,6 +274,8 @@ class Worker:
                 ro.rewards, values.detach(), next_values, ro.terminations, ro.dones,
                 gamma=cfg.gamma, lam=cfg.gae_lambda,
             )  # fmt: skip
+            if cfg.norm_adv and adv.numel() > 1:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         terms = a3g_loss(
             logits.reshape(-1, logits.shape[-1]), values.reshape(-1), ro.actions.reshape(-1),
             adv.reshape(-1), returns.reshape(-1), cfg.ent_coef, cfg.vf_coef,

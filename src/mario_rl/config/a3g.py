@@ -58,6 +58,10 @@ class A3GConfig:
     each worker keeps its own optimizer state over the shared parameters (not checkpointed)."""
     ent_coef: float = 0.01
     """Entropy bonus coefficient."""
+    norm_adv: bool = False
+    """Normalise the policy's advantages over each update (all its steps and envs) to mean 0 and
+    std 1, as PPO does; off: the seed's raw advantages, whose size follows the reward scale, so
+    the entropy bonus weighs little where rewards are large."""
     vf_coef: float = 0.5
     """Value loss weight."""
     max_grad_norm: float = 40.0

@@ -73,12 +73,17 @@ class RunningMeanStd(nn.Module):
 def episode_metrics(
     episodes: list[dict[str, Any]], restored: list[dict[str, Any]]
 ) -> dict[str, float]:
-    """Means over finished episodes (charts/episode_return, …, charts/flag_rate), and the episodes
-    begun from a saved progress state counted apart (charts/restored_*)."""
+    """Means over finished episodes (charts/episode_return, …, charts/flag_rate, and
+    charts/stages_cleared: flags per episode, above 1 only where episodes play on into the next
+    stage), and the episodes begun from a saved progress state counted apart
+    (charts/restored_*)."""
     metrics: dict[str, float] = {}
     if episodes:
         metrics["charts/episodes"] = float(len(episodes))
-        for key, tag in (("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"), ("flag", "flag_rate")):  # fmt: skip
+        for key, tag in (
+            ("r", "episode_return"), ("l", "episode_length"), ("x_max", "x_max"),
+            ("flag", "flag_rate"), ("stages_cleared", "stages_cleared"),
+        ):  # fmt: skip
             vals = [float(e[key]) for e in episodes if key in e]
             if vals:
                 metrics[f"charts/{tag}"] = float(np.mean(vals))
