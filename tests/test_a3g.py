@@ -344,6 +344,38 @@ def test_targets_of_n_envs_are_each_envs_targets() -> None:
         torch.testing.assert_close(ret[:, i], r)
 
 
+def test_a_whole_game_worker_plays_on_into_the_next_stage(monkeypatch) -> None:
+    """--stages game: after the flag of 1-1 the worker's next episode is 1-2, as the seed's
+    whole-game workers play (the actions are a recorded run to 1-1's flag, then no-ops)."""
+    import mario_rl.algos.a3g_worker as worker_module
+
+    run = [
+        int(c) for c in (Path(__file__).parent / "data" / "1-1-flag.actions").read_text().strip()
+    ]
+    played = iter(run)
+
+    def replay(logits, generator=None):
+        a = torch.tensor([next(played, 0)] * logits.shape[0])
+        return a, torch.zeros(len(a))
+
+    monkeypatch.setattr(worker_module, "sample_actions", replay)
+    cfg = tiny_cfg(rollout_steps=50)
+    env_cfg = EnvConfig(stages="game", actions="right-only", noop_max=0)
+    worker = _right_only_worker(cfg, env_cfg)
+    episodes: list[dict] = []
+    try:
+        for _ in range(30):
+            episodes += worker.rollout().episodes
+            if len(episodes) >= 2:
+                break
+    finally:
+        worker.close()
+    first, second = episodes[:2]
+    assert (first["reason"], first["stage"], first["stages_cleared"]) == ("flag", "1-1", 1)
+    assert first["start_stage"] == "1-1" and first["x_max"] > 3000
+    assert (second["start_stage"], second["stage"], second["stages_cleared"]) == ("1-2", "1-2", 0)
+
+
 # -- shared optimizers -------------------------------------------------------------------------
 def _reference(kind: str, model: ActorCritic) -> tuple[ActorCritic, torch.optim.Optimizer]:
     reference = ActorCritic(TINY_SPEC)
