@@ -845,6 +845,22 @@ def test_a3g_seed_preset_is_an_a3g_job() -> None:
     assert (job.a3g.network, job.a3g.lstm_hidden, job.a3g.workers) == ("impala", 512, 4)
 
 
+def test_a3g_1_1_preset_is_the_recipe_of_the_shipped_model() -> None:
+    from mario_rl.cli import build_parser, train_job
+    from mario_rl.io.checkpoint import load_checkpoint
+
+    job = train_job(build_parser().parse_args(["train", "--algo", "a3g", "--preset", "a3g-1-1"]))
+    assert job.algo == "a3g" and (job.a3g.workers, job.a3g.envs_per_worker) == (2, 8)
+    assert job.a3g.norm_adv and job.env.jump_repress and job.run.stop_at_clear_rate == 0.8
+    # models/a3g-1-1 was trained with these settings (given as flags; the preset came after).
+    _, meta = load_checkpoint(Path(__file__).parents[1] / "models" / "a3g-1-1")
+    assert meta["optimizer"] is None  # weights only
+    assert {k: v for k, v in meta["config"].items() if k != "total_steps"} == {
+        k: v for k, v in job.a3g.to_dict().items() if k != "total_steps"
+    }
+    assert meta["env_config"] == job.env.to_dict()
+
+
 def test_bench_train_a3g_json():
     # The real worker processes run; steps are counted only after every worker's first update.
     r = subprocess.run(
