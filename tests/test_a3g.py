@@ -27,6 +27,7 @@ from mario_rl.algos.a3g_stages import (
     assign_stages,
     curriculum_selection,
     plan_workers,
+    publish_weights,
     train_stages_note,
     train_stages_spec,
     untrained_stages,
@@ -579,7 +580,7 @@ def test_curriculum_weights_move_toward_failed_stages() -> None:
     assert w["1-1"] >= 0.1  # mastered stages are still revisited
     shared = mp.get_context("spawn").Array("d", len(STAGES), lock=False)
     assert curriculum_selection(parse_stages("1-1,1-2"), shared).weights == (0.5, 0.5)
-    cur.publish(shared)
+    publish_weights(cur, shared)
     sel = curriculum_selection(parse_stages("1-1,1-2"), shared)
     assert sel.weights[1] > 5 * sel.weights[0]
     # The main process folds worker episodes in and republishes.

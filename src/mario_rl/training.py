@@ -306,9 +306,7 @@ class _A3GSteps:
     def _row(self) -> dict[str, float]:
         row = self.stats.row()
         if self.a3g.curriculum is not None:
-            weights = self.a3g.curriculum.weights()
-            total = sum(weights.values())
-            row |= {f"curriculum/{s}": w / total for s, w in weights.items()}
+            row |= {f"curriculum/{s}": w for s, w in self.a3g.curriculum.shares().items()}
         return row
 
     def stop(self) -> None:

@@ -32,7 +32,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import Tensor
 
-from mario_rl.algos.a3g_stages import Curriculum, plan_workers
+from mario_rl.algos.a3g_stages import plan_workers, publish_weights
 from mario_rl.algos.a3g_worker import EpisodeMsg, ExitMsg, UpdateMsg, WorkerMessage, worker_main
 from mario_rl.algos.shared_optim import make_optimizer
 from mario_rl.config.a3g import A3GConfig
@@ -42,6 +42,7 @@ from mario_rl.io.checkpoint import prefixed, strip_prefix
 from mario_rl.io.checkpoint_checks import RESTORE_ERRORS, misfit_error
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ActorCritic, ModelSpec, build_model
+from mario_rl.rl.curriculum import Curriculum
 from mario_rl.seeding import worker_seed
 
 CHECKPOINT_FORMAT = "mario-rl/a3g-trainer"
@@ -116,7 +117,7 @@ class A3G:
         self.counters = self._ctx.Array("q", cfg.workers, lock=False)
         self.stage_weights = self._ctx.Array("d", len(STAGES), lock=False)
         if self.curriculum is not None:
-            self.curriculum.publish(self.stage_weights)
+            publish_weights(self.curriculum, self.stage_weights)
         self.messages: Any = None
         self.stop_event: Any = None
         self.procs: list[Any] = []
@@ -247,7 +248,7 @@ class A3G:
                     ep = msg.record
                     self.curriculum.record(str(ep.get("start_stage", "")), bool(ep.get("flag")))
         if self.curriculum is not None:
-            self.curriculum.publish(self.stage_weights)
+            publish_weights(self.curriculum, self.stage_weights)
 
     def stop(self, timeout_s: float = 30.0) -> list[WorkerMessage]:
         """Ask the workers to stop after their update, wait for them; returns the last messages."""
@@ -323,7 +324,7 @@ class A3G:
             load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
         if self.curriculum is not None and meta.get("curriculum"):
             self.curriculum.load_state(meta["curriculum"])
-            self.curriculum.publish(self.stage_weights)
+            publish_weights(self.curriculum, self.stage_weights)
         self.base_step = int(meta["global_step"]) - sum(self.counters)
         self.updates = int(meta.get("updates", 0))
         self.episodes_done = int(meta.get("episodes_done", 0))

@@ -1,13 +1,14 @@
 """Which stages each A3G worker plays: the per-rank assignment (the seed's --train-stages) and the
-curriculum that moves workers toward the stages whose episodes fail most."""
+plumbing of the curriculum (:class:`mario_rl.rl.curriculum.Curriculum`, shared with PPO) that
+moves workers toward the stages whose episodes fail most: weights published in a shared array."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from mario_rl.config.a3g import A3GConfig
 from mario_rl.envs.stages import STAGES, StageSelection, parse_stages
+from mario_rl.rl.curriculum import Curriculum
 
 __all__ = [
     "Curriculum",
@@ -15,6 +16,7 @@ __all__ = [
     "curriculum_selection",
     "is_curriculum_spec",
     "plan_workers",
+    "publish_weights",
     "stage_shares",
     "train_stages_note",
     "train_stages_spec",
@@ -109,52 +111,11 @@ def train_stages_note(workers: int, train_stages: bool, curriculum: bool = False
     )
 
 
-class Curriculum:
-    """Per-stage running failure rates from finished episodes, turned into sampling weights.
-
-    ``record(stage, cleared)`` folds one episode in (a stage never seen counts as failed);
-    ``weights()`` is ``floor + (1 - floor) * failure`` per stage, so stages failed most are drawn
-    most and mastered ones still at ``floor`` relative weight. The main process publishes the
-    weights into a shared array that curriculum workers read at their episode resets.
-    """
-
-    def __init__(self, stages: Sequence[str], floor: float = 0.1, decay: float = 0.9) -> None:
-        self.stages = tuple(stages)
-        self.floor = floor
-        self.decay = decay
-        self.failure = dict.fromkeys(self.stages, 1.0)
-        self.episodes = dict.fromkeys(self.stages, 0)
-
-    def record(self, stage: str, cleared: bool) -> None:
-        """One finished episode that started on ``stage`` (ignored if not a curriculum stage)."""
-        if stage not in self.failure:
-            return
-        self.failure[stage] = self.decay * self.failure[stage] + (1.0 - self.decay) * (
-            0.0 if cleared else 1.0
-        )
-        self.episodes[stage] += 1
-
-    def weights(self) -> dict[str, float]:
-        """Relative sampling weight per curriculum stage (not normalised)."""
-        return {s: self.floor + (1.0 - self.floor) * f for s, f in self.failure.items()}
-
-    def publish(self, shared: Any) -> None:
-        """Write the weights into a 32-slot shared array (indexed like STAGES)."""
-        for s, w in self.weights().items():
-            shared[STAGES.index(s)] = w
-
-    def state(self) -> dict[str, Any]:
-        """JSON-able state (checkpoints)."""
-        return {"failure": dict(self.failure), "episodes": dict(self.episodes)}
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state` output (stages not in this curriculum are ignored)."""
-        for s, f in state.get("failure", {}).items():
-            if s in self.failure:
-                self.failure[s] = float(f)
-        for s, n in state.get("episodes", {}).items():
-            if s in self.episodes:
-                self.episodes[s] = int(n)
+def publish_weights(curriculum: Curriculum, shared: Any) -> None:
+    """Write the curriculum's weights into a 32-slot shared array (indexed like STAGES), where
+    curriculum workers read them at their episode resets."""
+    for s, w in curriculum.weights().items():
+        shared[STAGES.index(s)] = w
 
 
 def curriculum_selection(base: StageSelection, shared: Any) -> StageSelection:
