@@ -791,7 +791,7 @@ def test_an_a3g_worker_that_hangs_stops_training(
         (["--algo", "a3g", "--minibatch-size", "64"], "PPO option"),
         (["--algo", "a3g", "--envs", "4"], "PPO option"),
         (["--num-steps", "10"], "renamed --rollout-steps"),
-        (["--algo", "ppo", "--curriculum"], "A3G option"),
+        (["--algo", "ppo", "--train-stages"], "A3G option"),
         (["--algo", "a3g", "--optimizer", "sgd"], "optimizer"),
         (["--algo", "a3g", "--gpu-ids", "x"], "--gpu-ids"),
         (["--algo", "a3g", "--rollout-steps", "0"], "positive"),

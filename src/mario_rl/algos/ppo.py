@@ -11,6 +11,12 @@ the minibatch sampler and the forward pass, add loss terms, an intrinsic reward 
 across data-parallel replicas go through a :class:`~mario_rl.parallel.collective.Collective`.
 Checkpointing goes through :meth:`PPO.state_dict` / :meth:`PPO.load_state_dict`: flat tensors
 plus a JSON-able dict, nothing pickled.
+
+With ``cfg.curriculum`` (a set of stages), every finished episode is folded into a
+:class:`~mario_rl.rl.curriculum.Curriculum` by its start stage and flag, and after each rollout
+every env's stage selection is re-weighted by it (``envs.set_stages``), effective at each env's
+next reset. Under torchrun each rank keeps its own curriculum over its own envs' episodes; the
+checkpoint holds rank 0's, which every rank restores on resume.
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from mario_rl.algos.collect import Collector
 from mario_rl.algos.rollout import Rollout
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.devices import learn_dtype
+from mario_rl.envs.stages import STAGES, StageSelection
 from mario_rl.io.checkpoint import prefixed, strip_prefix
 from mario_rl.io.checkpoint_checks import RESTORE_ERRORS, misfit_error
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
 from mario_rl.models import ACOutput, ActorCritic, ModelSpec, build_model
 from mario_rl.parallel.collective import LOCAL, Collective
 from mario_rl.rl.advantages import gae
+from mario_rl.rl.curriculum import Curriculum
 from mario_rl.rl.losses import ppo_losses
 from mario_rl.rl.stats import episode_metrics, explained_variance, linear_schedule
 from mario_rl.seeding import collect_seed, resume_seed
@@ -136,6 +144,16 @@ class PPO:
         self.collector = Collector(
             cfg, envs, self.model, self._new_rollout, cfg.batch_size * collective.world_size
         )
+        self.curriculum: Curriculum | None = None
+        """The stage curriculum (``cfg.curriculum`` with an env), else None."""
+        self._stages: StageSelection | None = None
+        """The envs' stage selection before the curriculum re-weights it."""
+        if cfg.curriculum and envs is not None:
+            self._stages = _curriculum_stages(envs)
+            self.curriculum = Curriculum(
+                self._stages.stages, cfg.curriculum_floor, cfg.curriculum_decay
+            )
+            self._apply_curriculum()
         if envs is not None:
             self.reset_envs(cfg.seed)
         # Every replica starts from rank 0's weights.
@@ -216,12 +234,32 @@ class PPO:
         self.episodes = [e for e in buf.episodes if not e.get("restored")]
         self.episodes_done += len(buf.episodes)
         metrics = dict(buf.times)
+        if self.curriculum is not None:
+            metrics |= self._follow_curriculum()
         if self.cfg.async_collect:
             metrics["time/wait"] = wait
         for name, total in buf.components.items():
             metrics[f"rewards/{name}"] = float(total.sum() / self.cfg.batch_size)
         metrics["charts/reward_per_step"] = float(buf.rewards.mean())
         return metrics | episode_metrics(self.episodes, restored)
+
+    def _follow_curriculum(self) -> dict[str, float]:
+        """Fold the rollout's episodes into the curriculum (those begun from a saved progress
+        state say little about their stage) and re-weight every env's next stage draw; returns
+        the normalised weights as ``curriculum/<stage>``."""
+        assert self.curriculum is not None
+        for ep in self.episodes:
+            stage = ep.get("start_stage")
+            if isinstance(stage, int) and 0 <= stage < len(STAGES):
+                self.curriculum.record(STAGES[stage], bool(ep.get("flag")))
+        self._apply_curriculum()
+        return {f"curriculum/{s}": w for s, w in self.curriculum.shares().items()}
+
+    def _apply_curriculum(self) -> None:
+        """Point every env's next reset at the curriculum's current weights."""
+        assert self.curriculum is not None and self._stages is not None and self.envs is not None
+        selection = self._stages.with_weights(self.curriculum.weights())
+        self.envs.set_stages(range(self.cfg.num_envs), selection)
 
     # -- learn -----------------------------------------------------------------------------------
     def compute_advantages(self) -> None:
@@ -387,6 +425,7 @@ class PPO:
             "update": self.update,
             "episodes_done": self.episodes_done,
             "optimizer": opt_meta,
+            "curriculum": self.curriculum.state() if self.curriculum is not None else None,
         }
         return tensors, meta
 
@@ -436,3 +475,24 @@ class PPO:
         self.update = int(meta["update"])
         self.episodes_done = int(meta.get("episodes_done", 0))
         self.collector.load_state_dict(tensors, restore_env_state)
+        if self.curriculum is not None and meta.get("curriculum"):
+            # Effective at each env's next reset: a resumed run's reset_envs() draws by it.
+            self.curriculum.load_state(meta["curriculum"])
+            self._apply_curriculum()
+
+
+def _curriculum_stages(envs: Any) -> StageSelection:
+    """The stage selection a curriculum re-weights: the envs' own (all draw from the same one);
+    ValueError (one line) for an env whose stages cannot be set or a single stage / the game."""
+    if not hasattr(envs, "set_stages") or not hasattr(envs, "stages_of"):
+        raise ValueError(
+            f"curriculum needs an env whose stage selection can be set ({type(envs).__name__}"
+            " has no set_stages/stages_of); use mario_rl.envs.make_vector_env"
+        )
+    sel = envs.stages_of(0)
+    if sel.game or len(sel.stages) < 2:
+        raise ValueError(
+            "--curriculum weighs the stages episodes are drawn from: it needs a set of"
+            f" stages (a list like 1-1,1-2 or 'all'), not {sel.spec!r}"
+        )
+    return sel

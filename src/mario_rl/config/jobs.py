@@ -61,8 +61,16 @@ class TrainJob:
         return self.ppo.algo
 
     def validate(self) -> None:
-        """ValueError (one line) on a bad option of any part."""
+        """ValueError (one line) on a bad option of any part, or a curriculum without a set of
+        stages to weigh."""
         _validate(self.env, self.ppo, self.run)
+        if self.ppo.curriculum:
+            sel = parse_stages(self.env.stages)
+            if sel.game or len(sel.stages) < 2:
+                raise ValueError(
+                    "--curriculum weighs the stages episodes are drawn from: it needs a set of"
+                    f" stages (a list like 1-1,1-2 or 'all'), not {sel.spec!r}"
+                )
 
     def resumed(
         self, path: str | os.PathLike[str], saved: Mapping[str, Any], total_steps: int | None

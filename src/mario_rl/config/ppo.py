@@ -86,6 +86,16 @@ class PPOConfig:
     'minmax' rescales each rollout to [0, 1] (the seed's choice)."""
     rnd_init_steps: int = 64
     """Random-action steps per env used to initialise the RND observation statistics."""
+    curriculum: bool = False
+    """Draw each new episode's stage toward the stages whose episodes fail most: after every
+    rollout the envs' stage weights become floor + (1 - floor) * the stage's running failure rate
+    (replacing any weights given in --stages). Needs a set of stages (a list or 'all'). A3G: moves
+    the workers that train on a set of stages (or the whole-game workers of --train-stages)."""
+    curriculum_floor: float = 0.1
+    """Smallest curriculum weight of a stage relative to an always-failed one (cleared stages are
+    still revisited)."""
+    curriculum_decay: float = 0.9
+    """Per-episode decay of a stage's running failure rate (0.9: about the last 10 episodes)."""
     network: Literal["nature", "small", "impala"] = "small"
     """Encoder: 'small' (16-32-32 convs + 256 features, ~2.5x faster to train than Nature on CPU),
     'nature' (the DQN Nature CNN, 512 features) or 'impala' (IMPALA ResNet 16-32-32; slow on CPU)."""
@@ -196,6 +206,10 @@ class PPOConfig:
             )
         if not self.rnd_obs_clip > 0:
             raise ValueError(f"rnd_obs_clip must be > 0, got {self.rnd_obs_clip}")
+        if not 0.0 < self.curriculum_floor <= 1.0:
+            raise ValueError(f"curriculum_floor must be in (0, 1], got {self.curriculum_floor}")
+        if not 0.0 <= self.curriculum_decay < 1.0:
+            raise ValueError(f"curriculum_decay must be in [0, 1), got {self.curriculum_decay}")
         batch = self.batch_size
         if batch % self.minibatch_size:
             divisors = [d for d in (64, 128, 256, 512, 1024, 2048) if batch % d == 0]
