@@ -162,15 +162,22 @@ def test_failed_stages_are_drawn_more_after_a_rollout(algo, monkeypatch) -> None
         plain.close()
 
 
-def test_real_episodes_are_recorded_by_their_start_stage() -> None:
+@pytest.mark.parametrize("async_collect", [False, True])
+def test_real_episodes_are_recorded_by_their_start_stage(async_collect: bool) -> None:
     env = env_of(num_envs=4, workers=2, stall_steps=6)
     try:
-        ppo = make_ppo(tiny("ppo", num_envs=4), env)
-        m = ppo.collect()
-        assert len(ppo.episodes) >= 1
-        assert sum(ppo.curriculum.episodes.values()) == len(ppo.episodes)
-        # Stalled episodes fail: the weights stay at their start, equal.
-        assert m["curriculum/1-1"] == m["curriculum/1-2"] == 0.5
+        ppo = make_ppo(tiny("ppo", num_envs=4, async_collect=async_collect), env)
+        try:
+            seen = 0
+            for _ in range(2):
+                m = ppo.collect()
+                seen += len(ppo.episodes)
+            assert seen >= 1
+            assert sum(ppo.curriculum.episodes.values()) == seen
+            # Stalled episodes fail: the weights stay at their start, equal.
+            assert m["curriculum/1-1"] == m["curriculum/1-2"] == 0.5
+        finally:
+            ppo.close()
     finally:
         env.close()
 
