@@ -27,10 +27,10 @@ def one_line_error(capsys, needle: str) -> None:
     assert needle in err, err
 
 
-def test_eval_table_json_and_csv(ck, tmp_path, capsys):
-    j, c = tmp_path / "e.json", tmp_path / "e.csv"
+def test_eval_table_json_csv_and_markdown(ck, tmp_path, capsys):
+    j, c, m = tmp_path / "e.json", tmp_path / "e.csv", tmp_path / "left.md"
     args = ["eval", "--checkpoint", ck, "--stages", "1-1,1-2", "--episodes", "2", "--workers", "2"]
-    assert main([*args, "--json", str(j), "--csv", str(c)]) == 0
+    assert main([*args, "--json", str(j), "--csv", str(c), "--markdown", str(m)]) == 0
     out = capsys.readouterr().out
     assert "progress" in out and "1-2" in out
     doc = json.loads(j.read_text())
@@ -41,8 +41,21 @@ def test_eval_table_json_and_csv(ck, tmp_path, capsys):
         assert row["episodes"] == 2 and 0 <= row["clear_rate"] <= 1
         assert 0 <= row["mean_progress"] <= 1 and row["stage_length"] > 2000
         assert row["max_x"] >= row["mean_x"] > 0
+        fails = round(2 * (1 - row["clear_rate"]))
+        assert len(row["end_xs"]) == fails and row["end_xs"] == sorted(row["end_xs"])
+        assert row["end_deaths"] + row["end_timeouts"] <= fails
     header, *lines = c.read_text().splitlines()
     assert header.startswith("stage,episodes,clear_rate,mean_x,max_x") and len(lines) == 2
+    assert header.endswith(",median_end_x,top_end_x,top_end_share,end_deaths,end_timeouts")
+    md = m.read_text().splitlines()
+    left = [s for s, row in doc["stages"].items() if row["clear_rate"] < 0.8]
+    done = [s for s in doc["stages"] if s not in left]
+    assert md[-1] == f"Cleared (clear rate ≥ 80%): {len(done)} — {', '.join(done) or 'none'}"
+    for stage in left:
+        row = doc["stages"][stage]
+        (line,) = [ln for ln in md if ln.startswith(f"| {stage} |")]
+        median = "-" if row["median_end_x"] is None else f"{row['median_end_x']:.0f}"
+        assert line.split(" | ")[3] == median and line.endswith(f"| {row['stage_length']} |")
 
 
 def test_eval_whole_game_reports_the_run(ck, capsys):
@@ -153,6 +166,9 @@ def test_play_without_pyglet_is_a_clear_error(ck, monkeypatch, capsys):
         (["play", "--checkpoint", "no/such/ck"], "does not exist"),
         (["eval", "--checkpoint", "CK", "--stages", "9-1"], "1-1 … 8-4"),
         (["eval", "--checkpoint", "CK", "--stages", "1-1,,1-2"], "expected"),
+        (["eval", "--checkpoint", "CK", "--markdown", "no/such/left.md"], "does not exist"),
+        (["eval", "--checkpoint", "CK", "--markdown", "EMPTY"], "is a directory"),
+        (["eval", "--checkpoint", "CK", "--json", "EMPTY"], "is a directory"),
         (["record", "--checkpoint", "CK", "--stages", "1-1,1-1", "--out", "v"], "listed twice"),
         (["record", "--checkpoint", "CK", "--stages", "all,game", "--out", "v"], "list"),
         (["record", "--checkpoint", "CK", "--format", "avi", "--out", "v"], "invalid choice"),

@@ -241,14 +241,18 @@ def test_a_kept_frame_is_not_changed_by_the_next_step():
 def test_running_right_on_1_1_dies_and_auto_resets():
     env = make_vector_env(EnvConfig(noop_max=0), num_envs=1)
     env.reset(seed=0)
+    x_before = 0
     for _t in range(400):
         obs, rew, term, trunc, info = env.step(np.array([RIGHT]))
         if term[0]:
             break
+        x_before = int(info["x_pos"][0])
     assert term[0], "holding right should run into the first goomba"
     ep = info["episode"]
     assert info["_episode"][0] and ep["reason"][0] == "death"
     assert 200 < ep["x_max"][0] < 500
+    # Where it died: the step's x, which the auto-reset info no longer shows.
+    assert x_before <= ep["x_end"][0] <= ep["x_max"][0]
     assert ep["components"]["death"][0] < 0 and ep["components"]["progress"][0] > 0
     assert rew[0] == pytest.approx(
         info["reward_components"]["progress"][0] + info["reward_components"]["death"][0]

@@ -110,6 +110,8 @@ def test_terminal_info_is_gym_super_mario_bros_info_of_the_state_that_ended_it(c
             "stage": f"{want['world']}-{want['stage']}",
         }
         assert info["x_max"] == info["episode"]["x_max"] >= info["x_pos"]
+        # Where it ended, as gym-super-mario-bros reports it (a pit: where Mario fell in).
+        assert info["episode"]["x_end"] == info["x_pos"]
         assert info["stage_index"] == STAGES.index(info["stage"])
         # The next episode's start comes from reset(), as before.
         _, after = env.reset()

@@ -35,6 +35,12 @@ def add_parsers(sub: Any) -> None:
         "--json", default=None, metavar="FILE|-", help="write the JSON report (- for stdout)"
     )
     ev.add_argument("--csv", default=None, metavar="FILE", help="write a CSV table")
+    ev.add_argument(
+        "--markdown",
+        default=None,
+        metavar="FILE",
+        help="write a Markdown table of the stages under an 80%% clear rate (where they end)",
+    )
 
     rec = sub.add_parser("record", help="GIF/MP4 of a checkpoint playing: per stage, or a grid")
     _play_args(rec, episodes=1)
@@ -157,13 +163,24 @@ def _out_dir(text: str) -> Path:
     return out
 
 
+def _out_file(flag: str, target: str | None) -> None:
+    """Refuse an output file that cannot be written (checked before any evaluation runs)."""
+    if not target:
+        return
+    path = Path(target)
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{flag}: {path} is a directory; pass a file name")
+
+
 def _eval(ns: argparse.Namespace) -> int:
     from .evaluation.evaluate import evaluate, game_runs, summarise
-    from .evaluation.report import as_csv, as_json, as_text
+    from .evaluation.report import as_csv, as_json, as_markdown, as_text
 
-    for flag, target in (("--json", ns.json), ("--csv", ns.csv)):
-        if target and target != "-" and not Path(target).parent.is_dir():
-            raise UsageError(f"{flag}: directory {Path(target).parent} does not exist")
+    _out_file("--json", None if ns.json == "-" else ns.json)  # - is stdout
+    _out_file("--csv", ns.csv)
+    _out_file("--markdown", ns.markdown)
     stages = stage_spec(ns.stages)  # a bad list is refused before any loading
     policy = _load_policy(ns.checkpoint, ns.sample)
     env_config = _play_config(ns, policy)
@@ -189,6 +206,8 @@ def _eval(ns: argparse.Namespace) -> int:
             Path(ns.json).write_text(doc + "\n")
     if ns.csv:
         Path(ns.csv).write_text(as_csv(table))
+    if ns.markdown:
+        Path(ns.markdown).write_text(as_markdown(table))
     return 0
 
 

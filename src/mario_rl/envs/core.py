@@ -314,6 +314,7 @@ class EmulatorGroup:
             "r": ep.ret,
             "l": ep.steps,
             "x_max": ep.x_max,
+            "x_end": ep.x,
             "flag": ep.stages_cleared > 0,
             "stages_cleared": ep.stages_cleared,
             "stage": stage_number(ep.stage),

@@ -225,6 +225,7 @@ def _assemble(
             "r": np.zeros(n, np.float32),
             "l": np.zeros(n, np.int32),
             "x_max": np.zeros(n, np.int32),
+            "x_end": np.zeros(n, np.int32),
             "flag": np.zeros(n, bool),
             "stages_cleared": np.zeros(n, np.int32),
             "stage": np.zeros(n, np.int32),

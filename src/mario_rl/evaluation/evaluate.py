@@ -4,13 +4,18 @@ Evaluation draws its no-op starts from seed streams that training never uses (tr
 are plain integers; evaluation seeds are tagged sequences), so a table is an honest measure.
 Episodes run side by side in one vector env whose emulator groups step in ``workers`` threads,
 so many stages are evaluated in parallel with batched inference.
+
+Besides how far episodes got, each row says where the ones that missed the flag ended (the x of
+the step that ended them, their median and most common 64-pixel stretch) and how (a lost life or
+a time / stall limit): what stands between a model and the stage's flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +25,14 @@ from ..envs.stages import STAGES, parse_stages
 from .levels import progress, stage_length
 
 EVAL_SEED_TAG = 0x5EED_E7A1
+
+END_BUCKET_PX = 64
+"""Width of the stretches of x in which end places are counted (``top_end_x``): four 16-pixel
+blocks, about one obstacle (a pipe, a gap, a goomba's reach)."""
+DEATH_ENDS = ("death", "game_over")
+"""Episode end reasons that are a lost life."""
+LIMIT_ENDS = ("timeout", "stall", "max_steps")
+"""Episode end reasons that are a limit: the in-game clock, no progress, the step cap."""
 
 Policy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``act(obs uint8 (N,C,H,W), first bool (N,)) -> actions (N,)``; ``first`` marks envs whose
@@ -44,6 +57,11 @@ class StageVisit:
     """In-game clock when the stage was entered."""
     clock_at_flag: int | None = None
     """In-game clock when the flag (or axe) was reached."""
+    x_end: int = 0
+    """Mario's x when play left the stage: where the episode ended, or where it went on from."""
+    end: str = ""
+    """How play left the stage: the episode's end reason on its last stage ('death', 'stall', …);
+    'flag' or 'warp' for a stage it went on from."""
 
     @property
     def progress(self) -> float:
@@ -87,7 +105,16 @@ class EpisodeResult:
         """The visit of the stage it started on."""
         if self.path:
             return self.path[0]
-        return StageVisit(self.stage, self.x_max, self.cleared, self.steps, self.deaths)
+        # No step record: the furthest x stands in for where it ended.
+        return StageVisit(
+            self.stage,
+            self.x_max,
+            self.cleared,
+            self.steps,
+            self.deaths,
+            x_end=self.x_max,
+            end=self.reason,
+        )
 
 
 def _mean(values: list) -> float | None:
@@ -95,9 +122,35 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def end_places(xs: Sequence[int], reasons: Sequence[str]) -> dict:
+    """Where and how the episodes that missed the flag ended, given each one's end x and reason.
+
+    ``end_xs`` (sorted), ``median_end_x``, ``top_end_x`` (start of the most common
+    :data:`END_BUCKET_PX`-wide stretch; on a tie the one nearest the start, the obstacle met
+    first) with ``top_end_share`` (its share of these episodes), and ``end_deaths`` /
+    ``end_timeouts`` (how many ended by a lost life / a limit; the rest left by a warp or a wrong
+    path). The x values are None when every episode reached the flag.
+    """
+    if len(xs) != len(reasons):
+        raise ValueError(f"{len(xs)} end x values for {len(reasons)} end reasons")
+    row: dict = {"end_xs": sorted(int(x) for x in xs)}
+    if xs:
+        buckets = Counter(int(x) // END_BUCKET_PX for x in xs)
+        top = min(buckets, key=lambda b: (-buckets[b], b))
+        row["median_end_x"] = float(np.median(xs))
+        row["top_end_x"] = top * END_BUCKET_PX
+        row["top_end_share"] = buckets[top] / len(xs)
+    else:
+        row["median_end_x"] = row["top_end_x"] = row["top_end_share"] = None
+    row["end_deaths"] = sum(r in DEATH_ENDS for r in reasons)
+    row["end_timeouts"] = sum(r in LIMIT_ENDS for r in reasons)
+    return row
+
+
 def _visit_row(visits: list[StageVisit]) -> dict:
     """The summary columns shared by stage and whole-game tables."""
     cleared = [v for v in visits if v.cleared]
+    failed = [v for v in visits if not v.cleared]
     xs = [v.x_max for v in visits]
     stage = visits[0].stage
     return {
@@ -112,6 +165,7 @@ def _visit_row(visits: list[StageVisit]) -> dict:
         "mean_game_time_to_flag": _mean([v.game_time for v in cleared]),
         "mean_time_left_at_flag": _mean([v.clock_at_flag for v in cleared]),
         "deaths": sum(v.deaths for v in visits),
+        **end_places([v.x_end for v in failed], [v.end for v in failed]),
     }
 
 
@@ -123,7 +177,7 @@ class StageReport:
 
     def summary(self) -> dict:
         """Clear rate, progress (x and share of the stage), steps and in-game time to the flag,
-        deaths, and how the episodes ended."""
+        deaths, how the episodes ended, and where on the stage the ones without a clear ended."""
         eps = self.episodes
         if not eps:
             return {"episodes": 0, "clear_rate": 0.0, "mean_x": 0.0, "max_x": 0}
@@ -244,14 +298,22 @@ def _track(
         stage = STAGES[k] if k >= 0 else "?"
         path = paths[i]
         if not path or path[-1].stage != stage:
-            path.append(StageVisit(stage, clock_start=int(info["time"][i])))
+            _enter(path, stage, int(info["time"][i]))
         visit = path[-1]
         visit.steps += step
         visit.x_max = max(visit.x_max, int(info["x_max"][i]))
+        visit.x_end = int(info["x_pos"][i])
         visit.deaths += int(lost[i])
         if info["flag_get"][i] and not visit.cleared:
             visit.cleared = True
             visit.clock_at_flag = int(info["time"][i])
+
+
+def _enter(path: list[StageVisit], stage: str, clock: int) -> None:
+    """Start a visit of ``stage``; the one before was left by its flag or else by a warp."""
+    if path:
+        path[-1].end = "flag" if path[-1].cleared else "warp"
+    path.append(StageVisit(stage, clock_start=clock))
 
 
 def _finish(path: list[StageVisit], ep: dict, i: int) -> EpisodeResult:
@@ -261,10 +323,12 @@ def _finish(path: list[StageVisit], ep: dict, i: int) -> EpisodeResult:
     reason = str(ep["reason"][i])
     time_left = int(ep["time_left"][i])
     if not path or path[-1].stage != stage:
-        path.append(StageVisit(stage, clock_start=time_left))
+        _enter(path, stage, time_left)
     last = path[-1]
     last.x_max = max(last.x_max, int(ep["x_max"][i]))
-    last.deaths += reason in ("death", "game_over")
+    last.x_end = int(ep["x_end"][i])
+    last.end = reason
+    last.deaths += reason in DEATH_ENDS
     if reason == "flag" and not last.cleared:
         last.cleared = True
         last.clock_at_flag = time_left
