@@ -49,12 +49,24 @@ def test_train_smoke_writes_checkpoints_and_resumes(tmp_path):
     r = run_cli("train", *TINY, "--run-dir", str(run))
     assert r.returncode == 2 and "--resume" in r.stderr and r.stderr.count("\n") == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
-    # … and --resume continues the step count.
+    # A resumed run keeps its training settings: a different one is refused, not ignored …
+    for changed in (["--lr", "0.001"], ["--size", "84"], ["--reward-flag", "10"]):
+        r = run_cli("train", *TINY, *changed, "--run-dir", str(run), "--resume")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert changed[0] in r.stderr and "new --run-dir" in r.stderr
+        # Nothing lost (a resume only tidies away the evaluator's temporary snapshots).
+        kept = [n for n in before if not n.startswith(".")]
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == kept
+    # … and --resume continues the step count, with this command's threads and run options.
     r = run_cli(
         "train",
         *TINY,
         "--total-steps",
         "256",
+        "--torch-threads",
+        "1",
+        "--workers",
+        "1",
         "--eval-every",
         "0",
         "--run-dir",
@@ -63,6 +75,11 @@ def test_train_smoke_writes_checkpoints_and_resumes(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "resumed" in r.stdout and "step 128" in r.stdout
+    leg = json.loads((run / "config.resume-1.json").read_text())
+    assert (leg["ppo"]["torch_threads"], leg["workers"], leg["run"]["eval_every"]) == (1, 1, 0)
+    assert json.loads((run / "config.json").read_text())["run"]["eval_every"] == 64
+    assert not any("eval/flag_rate" in json.loads(line) and json.loads(line)["step"] > 128
+                   for line in (run / "metrics.jsonl").read_text().splitlines())  # fmt: skip
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows) == 256
     # Every update is in the log once, the one at the checkpoint the run resumed from included.
@@ -94,6 +111,7 @@ def test_presets_lists_the_shipped_files(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "lstm-seed" in out and "ppo-seed" in out
+    assert "cpu-lstm" in out and "cpu-rnd" in out and "cpu-many" in out
 
 
 @pytest.mark.parametrize(
@@ -232,7 +250,11 @@ def test_every_preset_loads_and_validates():
     from mario_rl.config import list_presets, load_preset
 
     for name in list_presets():
-        stages = next(iter(load_preset(name).get("stage", {"1-1": {}})))
+        preset = load_preset(name)
+        # A per-stage table needs one of its stages; otherwise the preset's own (a curriculum
+        # preset needs its set of stages).
+        own = preset.get("env", {}).get("stages", "1-1")
+        stages = next(iter(preset.get("stage", {own: {}})))
         ns = build_parser().parse_args(["train", "--preset", name, "--stages", stages])
         job = train_job(ns)
         (job.a3g if job.algo == "a3g" else job.ppo).validate()
@@ -256,3 +278,31 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
     # Other algorithms keep their own defaults.
     job = train_job(build_parser().parse_args(["train", "--algo", "ppo-lstm"]))
     assert job.env.actions == "simple"
+
+
+@pytest.mark.parametrize(
+    ("preset", "model", "extra"),
+    [("cpu-lstm", "ppo-lstm-1-4", ["--stages", "1-4"]), ("cpu-rnd", "ppo-rnd-1-1", [])],
+)
+def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra):
+    """models/ppo-lstm-1-4 and models/ppo-rnd-1-1 were trained with flags on top of cpu-1-1; the
+    presets hold the same settings (one core's --torch-threads 1 and the budget aside)."""
+    from mario_rl.cli import build_parser, train_job
+    from mario_rl.io.checkpoint import load_checkpoint
+
+    job = train_job(build_parser().parse_args(["train", "--preset", preset, *extra]))
+    _, meta = load_checkpoint(Path(__file__).parents[1] / "models" / model)
+    assert meta["optimizer"] is None  # weights only
+    skip = {"torch_threads", "total_steps"}
+    now = job.ppo.to_dict()
+    assert {k: v for k, v in meta["config"].items() if k not in skip} == {
+        k: now[k] for k in meta["config"] if k not in skip
+    }
+    # Options added after the models were trained stay off in the presets.
+    assert not job.ppo.curriculum and set(now) - set(meta["config"]) <= {
+        "curriculum",
+        "curriculum_floor",
+        "curriculum_decay",
+    }
+    assert meta["env_config"] == job.env.to_dict()
+    assert job.run.stop_at_clear_rate == meta["job"]["run"]["stop_at_clear_rate"] == 0.8

@@ -290,14 +290,26 @@ def _train(ns: argparse.Namespace) -> int:
 
     job = train_job(ns, "mario-rl " + " ".join(sys.argv[1:]))
     given_total = cliargs.given(ns, "ppo").get("total_steps")
+    # What a resumed run may take from this command line (TrainJob.resumed decides).
+    algo_part = cliargs.given(ns, "a3g" if isinstance(job, A3GJob) else "ppo")
+    algo_part |= cliargs.given(ns, "ppo" if isinstance(job, A3GJob) else "a3g")
+    given = {
+        "algo": algo_part,
+        "env": cliargs.given(ns, "env"),
+        "reward": cliargs.given(ns, "reward"),
+        "run": cliargs.given(ns, "run"),
+        "job": {"workers": ns.workers} if ns.workers is not None else {},
+    }
     if isinstance(job, A3GJob):
+        if ns.workers is not None:
+            given["algo"]["workers"] = ns.workers
         if distributed.launch_from_env() is not None:
             raise UsageError(
                 "A3G runs in one process: spread it with --workers and --gpu-ids, not torchrun"
             )
-        return train_a3g(job, total_steps_given=given_total)
+        return train_a3g(job, total_steps_given=given_total, given=given)
     with distributed.from_env() as dist:
-        return train(job, total_steps_given=given_total, collective=dist or LOCAL)
+        return train(job, total_steps_given=given_total, collective=dist or LOCAL, given=given)
 
 
 def _bench_train(ns: argparse.Namespace) -> int:

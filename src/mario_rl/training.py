@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,9 +35,15 @@ from .run.progress import PhaseTimer
 from .run.rundir import RunDir
 from .seeding import resume_seed
 
+ResumeFlags = Mapping[str, Mapping[str, Any]] | None
+"""The options set on a resuming command line, by part (see ``TrainJob.resumed``)."""
 
-def _open_run(job: Any, total_steps_given: int | None) -> tuple[RunDir, Any, Path | None]:
-    """The run directory (new, or resumed with its saved job) and the checkpoint to resume from."""
+
+def _open_run(
+    job: Any, total_steps_given: int | None, given: ResumeFlags = None
+) -> tuple[RunDir, Any, Path | None]:
+    """The run directory (new, or resumed with its saved job and the options ``given`` on the
+    command line that may change, see ``TrainJob.resumed``) and the checkpoint to resume from."""
     run = RunDir.open(
         job.run.run_dir or None,
         algo=job.algo,
@@ -47,14 +53,17 @@ def _open_run(job: Any, total_steps_given: int | None) -> tuple[RunDir, Any, Pat
     )
     latest = None
     if job.run.resume:
-        job = job.resumed(run.path, run.saved_config(), total_steps_given)
+        job = job.resumed(run.path, run.saved_config(), total_steps_given, given)
+        run.write_config(job.to_dict())  # a record of what this leg changed, if anything
         latest = run.latest_checkpoint()
     return run, job, latest
 
 
-def _open_and_load(job: Any, total_steps_given: int | None) -> tuple[tuple, tuple]:
+def _open_and_load(
+    job: Any, total_steps_given: int | None, given: ResumeFlags = None
+) -> tuple[tuple, tuple]:
     """((run dir, latest checkpoint path), (job, loaded checkpoint or None))."""
-    run, job, latest = _open_run(job, total_steps_given)
+    run, job, latest = _open_run(job, total_steps_given, given)
     return (run, latest), (job, load_checkpoint(latest) if latest is not None else None)
 
 
@@ -117,6 +126,7 @@ def train(
     total_steps_given: int | None = None,
     out: IO[str] | None = None,
     collective: Collective = LOCAL,
+    given: ResumeFlags = None,
 ) -> int:
     """Run (or resume) a PPO-family training job; returns the process exit code.
 
@@ -126,7 +136,9 @@ def train(
     built (:func:`mario_rl.cli.train_job`); a resumed run's saved job by ``TrainJob.resumed``."""
     check_device(job.ppo.device)  # before the run directory exists
     _check_obs_fits(job.ppo, job.env)
-    kept, (job, checkpoint) = collective.from_main(lambda: _open_and_load(job, total_steps_given))
+    kept, (job, checkpoint) = collective.from_main(
+        lambda: _open_and_load(job, total_steps_given, given)
+    )
     run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
     cfg = collective.rank_config(job.ppo)
 
@@ -330,7 +342,12 @@ class _A3GSteps:
         return self.a3g.state_dict()
 
 
-def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | None = None) -> int:
+def train_a3g(
+    job: A3GJob,
+    total_steps_given: int | None = None,
+    out: IO[str] | None = None,
+    given: ResumeFlags = None,
+) -> int:
     """Run (or resume) a validated A3G job (see :func:`train`); returns the process exit code."""
     from .algos.a3g import A3G
     from .algos.a3g_stages import plan_workers, train_stages_note, train_stages_spec
@@ -343,7 +360,7 @@ def train_a3g(job: A3GJob, total_steps_given: int | None = None, out: IO[str] | 
     check_devices(job.a3g.gpu_ids)
     plan_workers(job.a3g, job.env.stages)  # refuse a curriculum with no worker before any file
     _check_obs_fits(job.a3g, job.env)
-    run, job, latest = _open_run(job, total_steps_given)
+    run, job, latest = _open_run(job, total_steps_given, given)
     cfg = job.a3g
     if cfg.train_stages:
         # A run saved when fewer than 32 workers left stages out: its workers now cover them all.

@@ -24,6 +24,26 @@ def _validate(env: EnvConfig, algo: PPOConfig | A3GConfig, run: RunConfig) -> No
     parse_stages(env.stages)
 
 
+RESUME_MACHINE_FIELDS = frozenset(
+    {"total_steps", "torch_threads", "collect_threads", "device", "gpu_ids", "log_interval_s"}
+)
+"""Algorithm options a resumed run takes from its command line: the step budget and how the
+machine runs it (threads, devices, log cadence), which change nothing the model learns from."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _refuse_change(path: str | os.PathLike[str], name: str, given: Any, saved: Any) -> None:
+    if given != saved:
+        raise ValueError(
+            f"{_flag(name)} {given} differs from the {saved!r} that run {path} was trained with:"
+            " a resumed run keeps its training settings (the step budget, threads, devices and"
+            " the run options such as --eval-every may change); use a new --run-dir to change it"
+        )
+
+
 def _saved(
     path: str | os.PathLike[str],
     saved: Mapping[str, Any],
@@ -31,18 +51,44 @@ def _saved(
     cls: type[PPOConfig] | type[A3GConfig],
     rc: RunConfig,
     total_steps: int | None,
+    given: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[EnvConfig, Any, RunConfig]:
-    """(env, algorithm, run) configs of the job a run directory recorded in ``saved``."""
+    """(env, algorithm, run) configs of the job a run directory recorded in ``saved``.
+
+    ``given`` holds the options set on the resuming command line, by part ("algo", "env",
+    "reward", "run"): run options, ``--emulator`` and :data:`RESUME_MACHINE_FIELDS` replace the
+    recorded ones; any other that differs from the record is refused in one line (it would be
+    silently ignored otherwise).
+    """
     if saved.get("algo", "ppo") != algo and "a3g" in (saved.get("algo"), algo):
         raise ValueError(
             f"{path} is a {saved.get('algo')!r} run; resume it with --algo {saved.get('algo')}"
         )
+    given = given or {}
     cfg = cls.from_dict(saved["a3g" if algo == "a3g" else "ppo"])
+    for name, value in given.get("algo", {}).items():
+        if name in RESUME_MACHINE_FIELDS:
+            setattr(cfg, name, value)
+        else:
+            _refuse_change(path, name, value, getattr(cfg, name))
     if total_steps is not None:
         cfg.total_steps = total_steps
-    # Where the run lives and that it resumes come from this command; the rest from the record.
+    env = EnvConfig.from_dict(saved["env"])
+    recorded_env = env.to_dict()
+    for name, value in given.get("env", {}).items():
+        if name == "emulator":  # both backends play the same game, frame for frame
+            env.emulator = value
+        elif name == "stages":
+            _refuse_change(path, name, parse_stages(str(value)).spec, env.stages)
+        else:
+            _refuse_change(path, name, value, recorded_env[name])
+    for name, value in given.get("reward", {}).items():
+        _refuse_change(path, f"reward_{name}", value, recorded_env["reward"][name])
+    # Where the run lives and that it resumes come from this command; the other run options from
+    # the record unless this command sets them.
     kept = {k: v for k, v in saved["run"].items() if k not in ("resume", "run_dir")}
-    return EnvConfig.from_dict(saved["env"]), cfg, dataclasses.replace(rc, **kept)
+    kept |= {k: v for k, v in given.get("run", {}).items() if k not in ("resume", "run_dir")}
+    return env, cfg, dataclasses.replace(rc, **kept)
 
 
 @dataclasses.dataclass
@@ -73,11 +119,18 @@ class TrainJob:
                 )
 
     def resumed(
-        self, path: str | os.PathLike[str], saved: Mapping[str, Any], total_steps: int | None
+        self,
+        path: str | os.PathLike[str],
+        saved: Mapping[str, Any],
+        total_steps: int | None,
+        given: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> TrainJob:
-        """The job recorded in run directory ``path`` (a new ``total_steps`` may extend it)."""
-        env, ppo, run = _saved(path, saved, self.algo, PPOConfig, self.run, total_steps)
-        job = TrainJob(env, ppo, run, int(saved.get("workers", self.workers)), self.command)
+        """The job recorded in run directory ``path`` (a new ``total_steps`` may extend it; see
+        :func:`_saved` for the options ``given`` on the command line); env threads (--workers)
+        come from the command when it sets them."""
+        env, ppo, run = _saved(path, saved, self.algo, PPOConfig, self.run, total_steps, given)
+        workers = (given or {}).get("job", {}).get("workers", saved.get("workers", self.workers))
+        job = TrainJob(env, ppo, run, int(workers), self.command)
         job.validate()
         return job
 
@@ -111,11 +164,17 @@ class A3GJob:
         _validate(self.env, self.a3g, self.run)
 
     def resumed(
-        self, path: str | os.PathLike[str], saved: Mapping[str, Any], total_steps: int | None
+        self,
+        path: str | os.PathLike[str],
+        saved: Mapping[str, Any],
+        total_steps: int | None,
+        given: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> A3GJob:
-        """The job recorded in run directory ``path`` (a new ``total_steps`` may extend it)."""
+        """The job recorded in run directory ``path`` (a new ``total_steps`` may extend it; see
+        :func:`_saved` for the options ``given``). The number of workers is part of the
+        training (each its own model copy and stages), so a different --workers is refused."""
         job = A3GJob(
-            *_saved(path, saved, self.algo, A3GConfig, self.run, total_steps), self.command
+            *_saved(path, saved, self.algo, A3GConfig, self.run, total_steps, given), self.command
         )
         job.validate()
         return job
