@@ -54,7 +54,6 @@ def _open_run(
     latest = None
     if job.run.resume:
         job = job.resumed(run.path, run.saved_config(), total_steps_given, given)
-        run.write_config(job.to_dict())  # a record of what this leg changed, if anything
         latest = run.latest_checkpoint()
     return run, job, latest
 
@@ -67,8 +66,14 @@ def _open_and_load(
     return (run, latest), (job, load_checkpoint(latest) if latest is not None else None)
 
 
-def _resumed(run: RunDir | None, latest: Path | None, step: int, out: IO[str] | None) -> None:
+def _resumed(
+    run: RunDir | None, latest: Path | None, step: int, out: IO[str] | None, job: Any
+) -> None:
+    """Once a checkpoint has been restored: record this leg's settings (config.resume-N.json when
+    they differ from the original; nothing is written for a resume refused before this) and say
+    where the run continues."""
     if run is not None and latest is not None:
+        run.write_config(job.to_dict())
         print(f"resumed {run.path} from {latest.name} at step {step}", file=out)
 
 
@@ -151,7 +156,7 @@ def train(
         ppo.load_state_dict(tensors, meta)
         # Fresh episodes after a resume: a seed that the run has not used yet.
         ppo.reset_envs(resume_seed(cfg.seed, ppo.update))
-        _resumed(run, latest, ppo.global_step, out)
+        _resumed(run, latest, ppo.global_step, out, job)
     timer = PhaseTimer()
     ranks = collective.world_size
     title = f"{cfg.algo} {job.env.stages}" + (f" x{ranks} ranks" if ranks > 1 else "")
@@ -374,7 +379,7 @@ def train_a3g(
     if latest is not None:
         tensors, meta = load_checkpoint(latest)
         a3g.load_state_dict(tensors, meta)
-        _resumed(run, latest, a3g.global_step, out)
+        _resumed(run, latest, a3g.global_step, out, job)
     timer = PhaseTimer()
     title = f"a3g {job.env.stages} x{cfg.workers}"
     return _run(_A3GSteps(a3g, cfg, timer), job, cfg.total_steps, run, meta, title, timer,
