@@ -33,7 +33,7 @@ from mario_rl.algos.collect import Collector
 from mario_rl.algos.rollout import Rollout
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.devices import learn_dtype
-from mario_rl.envs.stages import STAGES, StageSelection
+from mario_rl.envs.stages import STAGES, StageSelection, check_curriculum_stages
 from mario_rl.io.checkpoint import prefixed, strip_prefix
 from mario_rl.io.checkpoint_checks import RESTORE_ERRORS, misfit_error
 from mario_rl.io.state_codec import load_optimizer_state, optimizer_state_tensors
@@ -490,9 +490,5 @@ def _curriculum_stages(envs: Any) -> StageSelection:
             " has no set_stages/stages_of); use mario_rl.envs.make_vector_env"
         )
     sel = envs.stages_of(0)
-    if sel.game or len(sel.stages) < 2:
-        raise ValueError(
-            "--curriculum weighs the stages episodes are drawn from: it needs a set of"
-            f" stages (a list like 1-1,1-2 or 'all'), not {sel.spec!r}"
-        )
+    check_curriculum_stages(sel)
     return sel

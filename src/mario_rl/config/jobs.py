@@ -13,6 +13,7 @@ from mario_rl.config.a3g import A3GConfig
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.config.run import RunConfig
 from mario_rl.envs import EnvConfig, parse_stages
+from mario_rl.envs.stages import check_curriculum_stages
 
 __all__ = ["A3GJob", "TrainJob"]
 
@@ -111,12 +112,7 @@ class TrainJob:
         stages to weigh."""
         _validate(self.env, self.ppo, self.run)
         if self.ppo.curriculum:
-            sel = parse_stages(self.env.stages)
-            if sel.game or len(sel.stages) < 2:
-                raise ValueError(
-                    "--curriculum weighs the stages episodes are drawn from: it needs a set of"
-                    f" stages (a list like 1-1,1-2 or 'all'), not {sel.spec!r}"
-                )
+            check_curriculum_stages(parse_stages(self.env.stages))
 
     def resumed(
         self,

@@ -98,3 +98,13 @@ def parse_stages(spec: str | StageSelection) -> StageSelection:
     total = sum(weights)
     norm = ",".join(n if w == 1.0 else f"{n}:{w:g}" for n, w in zip(names, weights, strict=True))
     return StageSelection(norm, tuple(names), tuple(w / total for w in weights))
+
+
+def check_curriculum_stages(selection: StageSelection) -> None:
+    """ValueError (one line) unless ``selection`` is a set of stages a curriculum can weigh: a
+    list or 'all', not one stage or the whole game."""
+    if selection.game or len(selection.stages) < 2:
+        raise ValueError(
+            "--curriculum weighs the stages episodes are drawn from: it needs a set of"
+            f" stages (a list like 1-1,1-2 or 'all'), not {selection.spec!r}"
+        )
