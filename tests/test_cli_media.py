@@ -114,6 +114,20 @@ def test_plot_run_and_eval_json(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["plot", str(run), "--out", str(tmp_path / "png")]) == 0
     assert (tmp_path / "png" / "training-curves.png").is_file()
+    assert not (tmp_path / "png" / "stages-cleared.png").exists()  # one stage: no campaign curve
+    capsys.readouterr()
+    # A many-stage run also gets its stages-cleared curve, and the numbers behind it.
+    for k, row in enumerate(rows):
+        row["charts/train_hours"] = 0.1 * (k + 1)
+        if k % 6 == 5:
+            cleared = {f"eval/stage/{s}/clear_rate": float(i < k // 6) for i, s in
+                       enumerate(("1-1", "1-2", "1-3"))}  # fmt: skip
+            row |= cleared | {"eval/stages_cleared": float(sum(cleared.values()))}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["plot", str(run)]) == 0
+    assert (run / "stages-cleared.png").is_file()
+    table = capsys.readouterr().out.splitlines()[-3:]
+    assert table == ["3,072        0.60  0/3", "6,144        1.20  1/3", "9,216        1.80  2/3"]
     ev = tmp_path / "e.json"
     ev.write_text(
         json.dumps({"checkpoint": "c", "episodes": 1, "stages": {"1-1": {"clear_rate": 1.0}}})

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mario_rl.evaluation.plots import smooth, success_map, training_curves
+from mario_rl.evaluation.plots import (
+    smooth,
+    stages_cleared_curve,
+    stages_cleared_points,
+    success_map,
+    training_curves,
+)
 
 
 def rows(n: int = 30) -> list[dict]:
@@ -31,6 +37,30 @@ def test_training_curves_png(tmp_path):
     assert training_curves(renamed, tmp_path / "d.png").is_file()
     with pytest.raises(ValueError):
         training_curves([], tmp_path / "e.png")
+
+
+def test_stages_cleared_points_read_hours_between_training_rows(tmp_path):
+    rows = [
+        {"step": 1000, "charts/train_hours": 1.0},
+        {"step": 3000, "charts/train_hours": 2.0},
+        # An evaluation logs at its checkpoint's step, between training rows.
+        {
+            "step": 2000,
+            "eval/stages_cleared": 2.0,
+            "eval/stage/1-1/clear_rate": 1.0,
+            "eval/stage/1-2/clear_rate": 0.8,
+            "eval/stage/1-3/clear_rate": 0.2,
+        },
+    ]
+    assert stages_cleared_points(rows) == [
+        {"step": 2000, "hours": 1.5, "stages_cleared": 2, "stages": 3}
+    ]
+    # Older runs did not log training hours: the steps are still there.
+    untimed = [r for r in rows if "charts/train_hours" not in r]
+    assert stages_cleared_points(untimed)[0]["hours"] is None
+    assert stages_cleared_curve(untimed, tmp_path / "s.png").is_file()
+    with pytest.raises(ValueError, match="stages_cleared"):
+        stages_cleared_curve(rows[:2], tmp_path / "t.png")
 
 
 def test_smooth_is_a_trailing_mean():

@@ -248,7 +248,12 @@ def _record(ns: argparse.Namespace) -> int:
 
 
 def _plot(ns: argparse.Namespace) -> int:
-    from .evaluation.plots import success_map, training_curves
+    from .evaluation.plots import (
+        stages_cleared_curve,
+        stages_cleared_points,
+        success_map,
+        training_curves,
+    )
     from .run.logger import read_metrics
 
     src = Path(ns.source)
@@ -264,6 +269,17 @@ def _plot(ns: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         name = src.name if src.is_dir() else src.parent.name
         path = training_curves(rows, out / "training-curves.png", title=name)
+        points = stages_cleared_points(rows)
+        if points:
+            # A many-stage run: its campaign curve, and the numbers behind it.
+            print(f"wrote {path}")
+            path = stages_cleared_curve(rows, out / "stages-cleared.png", title=name)
+            print(f"wrote {path}")
+            print("step        hours  stages cleared")
+            for p in points:
+                hours = "-" if p["hours"] is None else f"{p['hours']:.2f}"
+                print(f"{p['step']:<11,} {hours:>5}  {p['stages_cleared']}/{p['stages']}")
+            return 0
     else:
         try:
             doc = json.loads(src.read_text())

@@ -1,5 +1,5 @@
-"""PNG charts: training curves from a run's metrics rows, and the 8x4 stage success map of an
-evaluation JSON.
+"""PNG charts: training curves from a run's metrics rows, a many-stage run's stages cleared
+against steps and hours, and the 8x4 stage success map of an evaluation JSON.
 
 Figures are drawn with matplotlib's object API on an Agg canvas, never through pyplot, so
 plotting works without a display and leaves the caller's (e.g. a notebook's) backend alone.
@@ -81,6 +81,62 @@ def training_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = "")
         ax.grid(alpha=0.3)
     for ax in axes[2:]:
         ax.set_xlabel("agent steps")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path)
+    return path
+
+
+def stages_cleared_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One point per evaluation of a many-stage run: its step, the training hours spent by then
+    (None where the run did not log ``charts/train_hours``), stages cleared and stages evaluated.
+
+    Hours are read off the nearest training rows (linear between them): evaluations run beside
+    training and log at the step of the checkpoint they evaluated.
+    """
+    hs, hv = _series(rows, ("charts/train_hours",))
+    points = []
+    for r in rows:
+        cleared = r.get("eval/stages_cleared")
+        if not isinstance(cleared, int | float):
+            continue
+        evaluated = sum(1 for k in r if k.startswith("eval/stage/") and k.endswith("/clear_rate"))
+        hours = float(np.interp(r["step"], hs, hv)) if len(hs) else None
+        points.append(
+            {
+                "step": int(r["step"]),
+                "hours": hours,
+                "stages_cleared": int(cleared),
+                "stages": evaluated,
+            }
+        )
+    return points
+
+
+def stages_cleared_curve(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Stages cleared at each evaluation against agent steps and against training hours, side
+    by side: the curve a many-stage campaign is judged by."""
+    points = stages_cleared_points(rows)
+    if not points:
+        raise ValueError("no evaluation logged eval/stages_cleared (a run over several stages)")
+    fig = _figure(11, 4)
+    by_steps, by_hours = fig.subplots(1, 2, sharey=True)
+    ys = [p["stages_cleared"] for p in points]
+    by_steps.plot([p["step"] for p in points], ys, "o-", markersize=3)
+    by_steps.set_xlabel("agent steps")
+    timed = [p for p in points if p["hours"] is not None]
+    if timed:
+        by_hours.plot([p["hours"] for p in timed], [p["stages_cleared"] for p in timed], "o-",
+                      markersize=3)  # fmt: skip
+    else:
+        by_hours.text(0.5, 0.5, "training hours not logged", ha="center", va="center",
+                      transform=by_hours.transAxes)  # fmt: skip
+    by_hours.set_xlabel("training hours (all legs, wall clock)")
+    most = max(p["stages"] for p in points)
+    by_steps.set_ylabel(f"stages cleared (of {most} evaluated)")
+    by_steps.set_ylim(-0.3, most + 0.3)
+    for ax in (by_steps, by_hours):
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.savefig(path)

@@ -91,15 +91,22 @@ class Trainer(Protocol):
 
 @dataclasses.dataclass
 class RunStats:
-    """Counters that survive a resume: flags reached and the best x over all episodes."""
+    """Counters that survive a resume: flags reached, the best x over all episodes, and the
+    wall-clock seconds spent training in all legs so far (a campaign's hours, without the time
+    between sessions)."""
 
     flags: int = 0
     best_x: int = 0
+    train_seconds: float = 0.0
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any] | None) -> RunStats:
         stats = (meta or {}).get("stats", {})
-        return cls(int(stats.get("flags", 0)), int(stats.get("best_x", 0)))
+        return cls(
+            int(stats.get("flags", 0)),
+            int(stats.get("best_x", 0)),
+            float(stats.get("train_seconds", 0.0)),
+        )
 
     def add(self, episodes: list[dict[str, Any]]) -> None:
         for ep in episodes:
@@ -274,17 +281,26 @@ def run_loop(
     elif out is None:
         out = sys.stdout
 
+    start_step = trainer.global_step
+    t_start = time.perf_counter()
+    earlier_seconds = stats.train_seconds
+
+    def trained_seconds() -> float:
+        return earlier_seconds + time.perf_counter() - t_start
+
     def make_state() -> State:
         tensors, meta = trainer.state_dict()
         meta |= {
             "env_config": dict(env_record),
             "job": dict(job_record),
-            "stats": {"flags": stats.flags, "best_x": stats.best_x},
+            "stats": {
+                "flags": stats.flags,
+                "best_x": stats.best_x,
+                "train_seconds": round(trained_seconds(), 1),
+            },
         }
         return tensors, meta
 
-    start_step = trainer.global_step
-    t_start = time.perf_counter()
     stop_reason = "step budget reached"
     failure: Failure | None = None
 
@@ -293,6 +309,7 @@ def run_loop(
         metrics["charts/SPS"] = (trainer.global_step - start_step) / max(elapsed, 1e-9)
         metrics["charts/flags_total"] = stats.flags
         metrics["charts/best_x"] = stats.best_x
+        metrics["charts/train_hours"] = trained_seconds() / 3600
         return metrics
 
     def checked(step: int, metrics: dict[str, float]) -> Failure | None:
