@@ -317,4 +317,8 @@ def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra)
         "curriculum_decay",
     }
     assert meta["env_config"] == job.env.to_dict()
-    assert job.run.stop_at_clear_rate == meta["job"]["run"]["stop_at_clear_rate"] == 0.8
+    # A resumed leg may set its own run options (ppo-lstm-1-1's second leg stopped at 19 of 20
+    # episodes to pick a checkpoint that clears reliably); the first leg ran the preset's.
+    assert job.run.stop_at_clear_rate == 0.8
+    if not meta["job"]["run"]["resume"]:
+        assert meta["job"]["run"]["stop_at_clear_rate"] == 0.8

@@ -114,7 +114,11 @@ def test_plot_run_and_eval_json(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["plot", str(run), "--out", str(tmp_path / "png")]) == 0
     assert (tmp_path / "png" / "training-curves.png").is_file()
-    assert not (tmp_path / "png" / "stages-cleared.png").exists()  # one stage: no campaign curve
+    for row in rows[5::6]:  # one stage: no campaign curve
+        row |= {"eval/stage/1-1/clear_rate": 1.0, "eval/stages_cleared": 1.0}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["plot", str(run), "--out", str(tmp_path / "png")]) == 0
+    assert not (tmp_path / "png" / "stages-cleared.png").exists()
     capsys.readouterr()
     # A many-stage run also gets its stages-cleared curve, and the numbers behind it.
     for k, row in enumerate(rows):

@@ -56,6 +56,8 @@ def test_stages_cleared_points_read_hours_between_training_rows(tmp_path):
         {"step": 2000, "hours": 1.5, "stages_cleared": 2, "stages": 3}
     ]
     # Older runs did not log training hours: the steps are still there.
+    late = [{"step": 2500, "charts/train_hours": 1.0}, *rows[1:]]
+    assert stages_cleared_points(late)[0]["hours"] is None  # before the first timed row
     untimed = [r for r in rows if "charts/train_hours" not in r]
     assert stages_cleared_points(untimed)[0]["hours"] is None
     assert stages_cleared_curve(untimed, tmp_path / "s.png").is_file()

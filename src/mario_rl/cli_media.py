@@ -270,7 +270,7 @@ def _plot(ns: argparse.Namespace) -> int:
         name = src.name if src.is_dir() else src.parent.name
         path = training_curves(rows, out / "training-curves.png", title=name)
         points = stages_cleared_points(rows)
-        if points:
+        if any(p["stages"] > 1 for p in points):
             # A many-stage run: its campaign curve, and the numbers behind it.
             print(f"wrote {path}")
             path = stages_cleared_curve(rows, out / "stages-cleared.png", title=name)

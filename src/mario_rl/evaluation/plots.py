@@ -88,7 +88,7 @@ def training_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = "")
 
 
 def stages_cleared_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One point per evaluation of a many-stage run: its step, the training hours spent by then
+    """One point per evaluation that logged stages cleared: its step, the training hours spent by then
     (None where the run did not log ``charts/train_hours``), stages cleared and stages evaluated.
 
     Hours are read off the nearest training rows (linear between them): evaluations run beside
@@ -101,7 +101,8 @@ def stages_cleared_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]
         if not isinstance(cleared, int | float):
             continue
         evaluated = sum(1 for k in r if k.startswith("eval/stage/") and k.endswith("/clear_rate"))
-        hours = float(np.interp(r["step"], hs, hv)) if len(hs) else None
+        # Before the first timed row (a leg trained before hours were logged) it is unknown.
+        hours = float(np.interp(r["step"], hs, hv)) if len(hs) and r["step"] >= hs[0] else None
         points.append(
             {
                 "step": int(r["step"]),
