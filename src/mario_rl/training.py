@@ -25,9 +25,10 @@ from .config.a3g import A3GConfig
 from .config.jobs import A3GJob, TrainJob
 from .devices import check_device, set_threads
 from .envs import make_vector_env, parse_stages
+from .envs.actions import action_meanings
 from .errors import one_line
-from .io.checkpoint import load_checkpoint
-from .models import build_model
+from .io.checkpoint import load_checkpoint, strip_prefix
+from .models import ModelSpec, build_model, model_spec
 from .parallel.collective import LOCAL, Collective
 from .rl.stats import episode_metrics
 from .run.loop import Failure, RunStats, Step, Trainer, run_loop
@@ -75,6 +76,32 @@ def _resumed(
     if run is not None and latest is not None:
         run.write_config(job.to_dict())
         print(f"resumed {run.path} from {latest.name} at step {step}", file=out)
+
+
+def _initial_weights(job: Any, cfg: Any) -> dict[str, Any] | None:
+    """The network weights ``--init-from`` names, checked against the model this job builds
+    (a one-line ValueError otherwise, raised before any file is written); None without it."""
+    path = job.run.init_from
+    if not path:
+        return None
+    # A CheckpointError (one line) for anything that is not a checkpoint; never runs code.
+    tensors, meta = load_checkpoint(path)
+    env = job.env
+    need = model_spec(cfg, (env.frame_stack, env.size, env.size), len(action_meanings(env.actions)))
+    try:
+        need.check_compatible(ModelSpec.from_dict(meta.get("model_spec") or {}))
+        weights = strip_prefix(
+            {k: v for k, v in tensors.items() if k.startswith("model.")}, "model."
+        )
+        build_model(need).load_state_dict(weights, strict=True)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        first = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ValueError(
+            f"--init-from {path}: its network does not fit this run ({first}); start from a"
+            " checkpoint trained with the same --algo family, --network, --size, --actions and"
+            " --lstm-hidden"
+        ) from None
+    return weights
 
 
 # -- PPO family ------------------------------------------------------------------------------------
@@ -141,6 +168,7 @@ def train(
     built (:func:`mario_rl.cli.train_job`); a resumed run's saved job by ``TrainJob.resumed``."""
     check_device(job.ppo.device)  # before the run directory exists
     _check_obs_fits(job.ppo, job.env)
+    init = None if job.run.resume else _initial_weights(job, job.ppo)
     kept, (job, checkpoint) = collective.from_main(
         lambda: _open_and_load(job, total_steps_given, given)
     )
@@ -157,6 +185,11 @@ def train(
         # Fresh episodes after a resume: a seed that the run has not used yet.
         ppo.reset_envs(resume_seed(cfg.seed, ppo.update))
         _resumed(run, latest, ppo.global_step, out, job)
+    else:
+        # A resumed run that never saved a checkpoint starts over from its recorded --init-from.
+        init = init if init is not None else _initial_weights(job, cfg)
+        if init is not None:
+            ppo.model.load_state_dict(init)
     timer = PhaseTimer()
     ranks = collective.world_size
     title = f"{cfg.algo} {job.env.stages}" + (f" x{ranks} ranks" if ranks > 1 else "")
@@ -365,6 +398,7 @@ def train_a3g(
     check_devices(job.a3g.gpu_ids)
     plan_workers(job.a3g, job.env.stages)  # refuse a curriculum with no worker before any file
     _check_obs_fits(job.a3g, job.env)
+    init = None if job.run.resume else _initial_weights(job, job.a3g)
     run, job, latest = _open_run(job, total_steps_given, given)
     cfg = job.a3g
     if cfg.train_stages:
@@ -380,6 +414,10 @@ def train_a3g(
         tensors, meta = load_checkpoint(latest)
         a3g.load_state_dict(tensors, meta)
         _resumed(run, latest, a3g.global_step, out, job)
+    else:
+        init = init if init is not None else _initial_weights(job, cfg)
+        if init is not None:
+            a3g.model.load_state_dict(init)  # copied into the shared tensors the workers read
     timer = PhaseTimer()
     title = f"a3g {job.env.stages} x{cfg.workers}"
     return _run(_A3GSteps(a3g, cfg, timer), job, cfg.total_steps, run, meta, title, timer,

@@ -87,6 +87,11 @@ def _saved(
         _refuse_change(path, f"reward_{name}", value, recorded_env["reward"][name])
     # Where the run lives and that it resumes come from this command; the other run options from
     # the record unless this command sets them.
+    if given.get("run", {}).get("init_from"):
+        raise ValueError(
+            f"{path} is resumed from its own checkpoint; --init-from only starts a new run"
+            " (drop --init-from, or give a new --run-dir without --resume)"
+        )
     kept = {k: v for k, v in saved["run"].items() if k not in ("resume", "run_dir")}
     kept |= {k: v for k, v in given.get("run", {}).items() if k not in ("resume", "run_dir")}
     return env, cfg, dataclasses.replace(rc, **kept)

@@ -28,6 +28,10 @@ class RunConfig:
     """Updates between TensorBoard/progress refreshes."""
     stop_at_clear_rate: float = 0.0
     """Stop training once an evaluation clears every stage at this rate (0 = never)."""
+    init_from: str = ""
+    """Start a new run from the network weights of this checkpoint (a shipped model or a run's
+    checkpoint with the same algorithm, network, size, action set and LSTM size): fine-tuning on
+    other stages, say. The optimizer, counters and curriculum start fresh."""
 
     def validate(self) -> None:
         """Raise ValueError (one line) on a bad option."""
