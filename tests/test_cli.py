@@ -290,6 +290,7 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
 @pytest.mark.parametrize(
     ("preset", "model", "extra"),
     [
+        ("cpu-1-1", "ppo-1-1-small", []),
         ("cpu-lstm", "ppo-lstm-1-1", []),
         ("cpu-lstm", "ppo-lstm-1-4", ["--stages", "1-4", "--no-jump-repress"]),
         ("cpu-rnd", "ppo-rnd-1-1", []),
