@@ -131,7 +131,11 @@ def test_plot_run_and_eval_json(tmp_path, capsys):
     assert main(["plot", str(run)]) == 0
     assert (run / "stages-cleared.png").is_file()
     table = capsys.readouterr().out.splitlines()[-3:]
-    assert table == ["3,072        0.60  0/3", "6,144        1.20  1/3", "9,216        1.80  2/3"]
+    assert table == [
+        "3,072        0.60  0/3             -",
+        "6,144        1.20  1/3             -",
+        "9,216        1.80  2/3             -",
+    ]
     ev = tmp_path / "e.json"
     ev.write_text(
         json.dumps({"checkpoint": "c", "episodes": 1, "stages": {"1-1": {"clear_rate": 1.0}}})

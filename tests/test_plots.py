@@ -53,8 +53,11 @@ def test_stages_cleared_points_read_hours_between_training_rows(tmp_path):
         },
     ]
     assert stages_cleared_points(rows) == [
-        {"step": 2000, "hours": 1.5, "stages_cleared": 2, "stages": 3}
+        {"step": 2000, "hours": 1.5, "stages_cleared": 2, "stages": 3, "mean_progress": None}
     ]
+    # Mean progress: each stage's mean x over its length (1-1's flag is at x 3168), capped at 1.
+    rows[2] |= {"eval/stage/1-1/mean_x": 1584.0, "eval/stage/1-2/mean_x": 99999.0}
+    assert stages_cleared_points(rows)[0]["mean_progress"] == pytest.approx(0.75)
     # Older runs did not log training hours: the steps are still there.
     late = [{"step": 2500, "charts/train_hours": 1.0}, *rows[1:]]
     assert stages_cleared_points(late)[0]["hours"] is None  # before the first timed row

@@ -275,10 +275,12 @@ def _plot(ns: argparse.Namespace) -> int:
             print(f"wrote {path}")
             path = stages_cleared_curve(rows, out / "stages-cleared.png", title=name)
             print(f"wrote {path}")
-            print("step        hours  stages cleared")
+            print("step        hours  stages cleared  mean progress")
             for p in points:
                 hours = "-" if p["hours"] is None else f"{p['hours']:.2f}"
-                print(f"{p['step']:<11,} {hours:>5}  {p['stages_cleared']}/{p['stages']}")
+                share = "-" if p["mean_progress"] is None else f"{p['mean_progress']:.1%}"
+                cleared = f"{p['stages_cleared']}/{p['stages']}"
+                print(f"{p['step']:<11,} {hours:>5}  {cleared:<14}  {share}")
             return 0
     else:
         try:

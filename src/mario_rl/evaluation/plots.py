@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..envs.stages import STAGES
+from .levels import stage_length
 
 # Each panel: title, candidate keys (older runs used the first), y label.
 CURVES: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -89,7 +90,8 @@ def training_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = "")
 
 def stages_cleared_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per evaluation that logged stages cleared: its step, the training hours spent by then
-    (None where the run did not log ``charts/train_hours``), stages cleared and stages evaluated.
+    (None where the run did not log ``charts/train_hours``), stages cleared, stages evaluated, and
+    the mean progress over them (each stage's mean x as a share of its length, capped at 1).
 
     Hours are read off the nearest training rows (linear between them): evaluations run beside
     training and log at the step of the checkpoint they evaluated.
@@ -101,6 +103,11 @@ def stages_cleared_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]
         if not isinstance(cleared, int | float):
             continue
         evaluated = sum(1 for k in r if k.startswith("eval/stage/") and k.endswith("/clear_rate"))
+        shares = [
+            min(1.0, float(v) / stage_length(k.split("/")[2]))
+            for k, v in r.items()
+            if k.startswith("eval/stage/") and k.endswith("/mean_x") and k.split("/")[2] in STAGES
+        ]
         # Before the first timed row (a leg trained before hours were logged) it is unknown.
         hours = float(np.interp(r["step"], hs, hv)) if len(hs) and r["step"] >= hs[0] else None
         points.append(
@@ -109,6 +116,7 @@ def stages_cleared_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]
                 "hours": hours,
                 "stages_cleared": int(cleared),
                 "stages": evaluated,
+                "mean_progress": sum(shares) / len(shares) if shares else None,
             }
         )
     return points
