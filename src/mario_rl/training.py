@@ -357,6 +357,7 @@ class _A3GSteps:
         row = self.stats.row()
         if self.a3g.curriculum is not None:
             row |= {f"curriculum/{s}": w for s, w in self.a3g.curriculum.shares().items()}
+            row["curriculum/stages_open"] = float(self.a3g.curriculum.opened)
         return row
 
     def stop(self) -> None:

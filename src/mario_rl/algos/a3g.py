@@ -101,7 +101,11 @@ class A3G:
                 s for r in self.curriculum_ranks for s in parse_stages(self.assignments[r]).stages
             }
             self.curriculum = Curriculum(
-                sorted(stages, key=STAGES.index), cfg.curriculum_floor, cfg.curriculum_decay
+                sorted(stages, key=STAGES.index),
+                cfg.curriculum_floor,
+                cfg.curriculum_decay,
+                cfg.curriculum_frontier,
+                cfg.curriculum_master,
             )
         self._ctx = mp.get_context("spawn")
         # Initial weights from the seed, without disturbing the caller's global RNG.

@@ -151,7 +151,11 @@ class PPO:
         if cfg.curriculum and envs is not None:
             self._stages = _curriculum_stages(envs)
             self.curriculum = Curriculum(
-                self._stages.stages, cfg.curriculum_floor, cfg.curriculum_decay
+                self._stages.stages,
+                cfg.curriculum_floor,
+                cfg.curriculum_decay,
+                cfg.curriculum_frontier,
+                cfg.curriculum_master,
             )
             self._apply_curriculum()
         if envs is not None:
@@ -253,7 +257,8 @@ class PPO:
             if isinstance(stage, int) and 0 <= stage < len(STAGES):
                 self.curriculum.record(STAGES[stage], bool(ep.get("flag")))
         self._apply_curriculum()
-        return {f"curriculum/{s}": w for s, w in self.curriculum.shares().items()}
+        shares = {f"curriculum/{s}": w for s, w in self.curriculum.shares().items()}
+        return shares | {"curriculum/stages_open": float(self.curriculum.opened)}
 
     def _apply_curriculum(self) -> None:
         """Point every env's next reset at the curriculum's current weights."""

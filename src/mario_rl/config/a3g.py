@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from mario_rl.config.records import NETWORKS, RENAMED, from_dict
+from mario_rl.rl.curriculum import check_curriculum_options
 
 OPTIMIZERS = ("adam", "rmsprop")
 
@@ -84,6 +85,12 @@ class A3GConfig:
     still revisited)."""
     curriculum_decay: float = 0.9
     """Per-episode decay of a stage's running failure rate (0.9: about the last 10 episodes)."""
+    curriculum_frontier: int = 0
+    """With the curriculum: open the stages a few at a time, in the order given (game order for
+    A3G), the next one whenever fewer than this many open stages are unmastered; 0 opens every
+    stage from the start. Stages not yet open are not drawn."""
+    curriculum_master: float = 0.5
+    """Running clear rate of training episodes at which the frontier counts a stage as mastered."""
     log_interval_s: float = 5.0
     """Seconds between metric rows (TensorBoard, metrics.jsonl), losses averaged over the interval:
     A3G's workers update asynchronously, so rows are by time rather than by update."""
@@ -136,9 +143,6 @@ class A3GConfig:
             raise ValueError(
                 f"gpu_ids must be a list of -1 (CPU) or GPU indices >= 0, got {self.gpu_ids!r}"
             )
-        if not 0.0 < self.curriculum_floor <= 1.0:
-            raise ValueError(f"curriculum_floor must be in (0, 1], got {self.curriculum_floor}")
-        if not 0.0 <= self.curriculum_decay < 1.0:
-            raise ValueError(f"curriculum_decay must be in [0, 1), got {self.curriculum_decay}")
+        check_curriculum_options(self)
         if not self.log_interval_s > 0:
             raise ValueError(f"log_interval_s must be > 0, got {self.log_interval_s}")

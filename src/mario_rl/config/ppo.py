@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from mario_rl.config.records import NETWORKS, from_dict
+from mario_rl.rl.curriculum import check_curriculum_options
 
 ALGOS = ("ppo", "ppo-lstm", "ppo-rnd")
 
@@ -96,6 +97,12 @@ class PPOConfig:
     still revisited)."""
     curriculum_decay: float = 0.9
     """Per-episode decay of a stage's running failure rate (0.9: about the last 10 episodes)."""
+    curriculum_frontier: int = 0
+    """With the curriculum: open the stages a few at a time, in the order given (game order for
+    A3G), the next one whenever fewer than this many open stages are unmastered; 0 opens every
+    stage from the start. Stages not yet open are not drawn."""
+    curriculum_master: float = 0.5
+    """Running clear rate of training episodes at which the frontier counts a stage as mastered."""
     network: Literal["nature", "small", "impala"] = "small"
     """Encoder: 'small' (16-32-32 convs + 256 features, ~2.5x faster to train than Nature on CPU),
     'nature' (the DQN Nature CNN, 512 features) or 'impala' (IMPALA ResNet 16-32-32; slow on CPU)."""
@@ -206,10 +213,7 @@ class PPOConfig:
             )
         if not self.rnd_obs_clip > 0:
             raise ValueError(f"rnd_obs_clip must be > 0, got {self.rnd_obs_clip}")
-        if not 0.0 < self.curriculum_floor <= 1.0:
-            raise ValueError(f"curriculum_floor must be in (0, 1], got {self.curriculum_floor}")
-        if not 0.0 <= self.curriculum_decay < 1.0:
-            raise ValueError(f"curriculum_decay must be in [0, 1), got {self.curriculum_decay}")
+        check_curriculum_options(self)
         batch = self.batch_size
         if batch % self.minibatch_size:
             divisors = [d for d in (64, 128, 256, 512, 1024, 2048) if batch % d == 0]

@@ -1,5 +1,7 @@
 """The stage curriculum: per-stage running failure rates from finished episodes, turned into the
-weights by which new episodes draw their stage (stages failed most are drawn most).
+weights by which new episodes draw their stage (stages failed most are drawn most), and
+optionally a frontier: stages open one after another, in the order given, as earlier ones are
+mastered, so a model learns a few new stages at a time instead of all of them at once.
 
 Pure bookkeeping, no I/O and no env: A3G's main process publishes the weights to its workers
 (:mod:`mario_rl.algos.a3g_stages`), PPO re-weights its envs' stage selection after each rollout
@@ -12,7 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Curriculum"]
+__all__ = ["Curriculum", "check_curriculum_options"]
 
 
 class Curriculum:
@@ -21,14 +23,45 @@ class Curriculum:
     ``record(stage, cleared)`` folds one episode in (a stage never seen counts as failed);
     ``weights()`` is ``floor + (1 - floor) * failure`` per stage, so stages failed most are drawn
     most and mastered ones still at ``floor`` relative weight.
+
+    With ``frontier`` N > 0 only the first stages (in the order given) are open, weight 0 for the
+    rest: the next stage opens whenever fewer than N open stages are unmastered, mastered meaning
+    a running clear rate (1 - failure) of at least ``master``. An open stage stays open (a stage
+    forgotten again is just unmastered), so the open count only grows.
     """
 
-    def __init__(self, stages: Sequence[str], floor: float = 0.1, decay: float = 0.9) -> None:
+    def __init__(
+        self,
+        stages: Sequence[str],
+        floor: float = 0.1,
+        decay: float = 0.9,
+        frontier: int = 0,
+        master: float = 0.5,
+    ) -> None:
         self.stages = tuple(stages)
         self.floor = floor
         self.decay = decay
+        self.frontier = frontier
+        self.master = master
         self.failure = dict.fromkeys(self.stages, 1.0)
         self.episodes = dict.fromkeys(self.stages, 0)
+        self.opened = len(self.stages)
+        """How many stages (a prefix of ``stages``) episodes may be drawn from."""
+        if frontier > 0:
+            self.opened = min(frontier, len(self.stages))
+            self._open_more()
+
+    def mastered(self, stage: str) -> bool:
+        """Whether ``stage``'s running clear rate has reached ``master``."""
+        return 1.0 - self.failure[stage] >= self.master
+
+    def _open_more(self) -> None:
+        if self.frontier <= 0:
+            return
+        while self.opened < len(self.stages) and (
+            sum(not self.mastered(s) for s in self.stages[: self.opened]) < self.frontier
+        ):
+            self.opened += 1
 
     def record(self, stage: str, cleared: bool) -> None:
         """One finished episode that started on ``stage`` (ignored if not a curriculum stage)."""
@@ -38,10 +71,15 @@ class Curriculum:
             0.0 if cleared else 1.0
         )
         self.episodes[stage] += 1
+        self._open_more()
 
     def weights(self) -> dict[str, float]:
-        """Relative sampling weight per curriculum stage (not normalised)."""
-        return {s: self.floor + (1.0 - self.floor) * f for s, f in self.failure.items()}
+        """Relative sampling weight per curriculum stage (not normalised; 0 for a stage the
+        frontier has not opened yet)."""
+        return {
+            s: (self.floor + (1.0 - self.floor) * self.failure[s]) if i < self.opened else 0.0
+            for i, s in enumerate(self.stages)
+        }
 
     def shares(self) -> dict[str, float]:
         """The weights normalised to sum to 1 (what TensorBoard shows as ``curriculum/<stage>``)."""
@@ -51,7 +89,11 @@ class Curriculum:
 
     def state(self) -> dict[str, Any]:
         """JSON-able state (checkpoints)."""
-        return {"failure": dict(self.failure), "episodes": dict(self.episodes)}
+        return {
+            "failure": dict(self.failure),
+            "episodes": dict(self.episodes),
+            "opened": list(self.stages[: self.opened]),
+        }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state` output (stages not in this curriculum are ignored). A value out
@@ -67,3 +109,31 @@ class Curriculum:
                 if int(n) < 0:
                     raise ValueError(f"curriculum state: episode count of {s} is {n}, not >= 0")
                 self.episodes[s] = int(n)
+        # A frontier opened by a saved run stays open (a state from before frontiers has none).
+        if self.frontier > 0:
+            saved = set(state.get("opened", ()))
+            while self.opened < len(self.stages) and self.stages[self.opened] in saved:
+                self.opened += 1
+            self._open_more()
+
+
+def check_curriculum_options(cfg: Any) -> None:
+    """ValueError (one line) on a bad curriculum option of a PPO or A3G config (fields
+    ``curriculum``, ``curriculum_floor``, ``curriculum_decay``, ``curriculum_frontier``,
+    ``curriculum_master``)."""
+    if not 0.0 < cfg.curriculum_floor <= 1.0:
+        raise ValueError(f"curriculum_floor must be in (0, 1], got {cfg.curriculum_floor}")
+    if not 0.0 <= cfg.curriculum_decay < 1.0:
+        raise ValueError(f"curriculum_decay must be in [0, 1), got {cfg.curriculum_decay}")
+    if cfg.curriculum_frontier < 0:
+        raise ValueError(
+            f"curriculum_frontier must be >= 0 (0: every stage from the start),"
+            f" got {cfg.curriculum_frontier}"
+        )
+    if not 0.0 < cfg.curriculum_master <= 1.0:
+        raise ValueError(f"curriculum_master must be in (0, 1], got {cfg.curriculum_master}")
+    if cfg.curriculum_frontier and not cfg.curriculum:
+        raise ValueError(
+            "--curriculum-frontier opens the curriculum's stages a few at a time:"
+            " give --curriculum with it"
+        )
