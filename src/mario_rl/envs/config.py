@@ -70,6 +70,10 @@ class EnvConfig:
     """Observations are resized to size x size."""
     crop_hud: bool = False
     """Drop the top 32 rows (score, coins, world, time) before resizing."""
+    stage_marker: bool = False
+    """Write the stage being played into each observation's top-left corner as a 5-bit code
+    (stage index 0..31, one white or black square per bit, over the HUD): a task label, so one
+    model for many stages can tell them apart (training and evaluation must agree on it)."""
     interpolation: str = "linear"
     """Resize interpolation: linear (fast), area (smoother, ~10x slower) or nearest."""
     frame_stack: int = 4

@@ -26,9 +26,11 @@ from .rules import (
     LIVES,
     PLAYER_STATE,
     PRELEVEL_TIMER,
+    STAGE,
     STATE_DEAD,
     STATE_DYING,
     SWIMMING,
+    WORLD,
     Y_VIEWPORT,
     Episode,
     Outcome,
@@ -48,6 +50,22 @@ _FAST_FORWARD_LIMIT = 2000
 # every part of a stage the agent has reached is practised about equally often.
 _BUCKET_PX = 256
 _PER_BUCKET = 4
+
+
+def mark_stage(frame: np.ndarray, index: int) -> None:
+    """Write stage ``index`` (0..31, STAGES order) into ``frame``'s top-left corner in place: five
+    squares of size // 16 px (at least 2) in a row, bit 4 first, 255 for a one and 0 for a zero."""
+    side = max(2, frame.shape[-1] // 16)
+    for bit in range(5):
+        on = (index >> (4 - bit)) & 1
+        frame[:side, bit * side : (bit + 1) * side] = 255 if on else 0
+
+
+def read_stage_mark(frame: np.ndarray) -> int:
+    """The stage index :func:`mark_stage` wrote into ``frame``."""
+    side = max(2, frame.shape[-1] // 16)
+    bits = [int(frame[:side, b * side : (b + 1) * side].mean() > 127) for b in range(5)]
+    return sum(bit << (4 - k) for k, bit in enumerate(bits))
 
 
 @dataclass
@@ -99,9 +117,14 @@ class EmulatorGroup:
         where it costs one flag test per finished episode."""
 
     # -- observations -------------------------------------------------------------------------
-    def _resize(self, gray: np.ndarray) -> np.ndarray:
+    def _observe(self, i: int) -> np.ndarray:
+        """Env ``i``'s current screen as one observation frame (cropped, resized, marked)."""
         s = self.cfg.size
-        return cv2.resize(gray[self.crop :], (s, s), interpolation=self.interp)
+        frame = cv2.resize(self.gray[i][self.crop :], (s, s), interpolation=self.interp)
+        if self.cfg.stage_marker:
+            ram = self.emu.rams[i]
+            mark_stage(frame, 4 * (int(ram[WORLD]) & 7) + (int(ram[STAGE]) & 3))
+        return frame
 
     def _push(self, i: int, frame: np.ndarray) -> None:
         st = self.stack[i]
@@ -179,7 +202,7 @@ class EmulatorGroup:
             self.episodes.append(ep)
         self._bucket[i] = ep.x // _BUCKET_PX
         self.emu.gray(i, self.gray[i])
-        self.stack[i] = self._resize(self.gray[i])
+        self.stack[i] = self._observe(i)
 
     def _progress_start(self, stage: str | None, rng: np.random.Generator) -> object | None:
         """A saved state of ``stage`` to start from (bucket drawn uniformly), or None."""
@@ -270,7 +293,7 @@ class EmulatorGroup:
         finished: dict[int, dict] = {}
         final_rgb: dict[int, np.ndarray] = {}
         for i in range(n):
-            self._push(i, self._resize(self.gray[i]))
+            self._push(i, self._observe(i))
             out = outcomes[i]
             if out.terminated or out.truncated:
                 final_obs[i] = self.stack[i].copy()
