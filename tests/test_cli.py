@@ -318,6 +318,9 @@ def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra)
         "curriculum_decay",
         "curriculum_frontier",
         "curriculum_master",
+        "teachers",
+        "teacher_coef",
+        "teacher_steps",
     }
     assert meta["env_config"] == job.env.to_dict()
     # A resumed leg may set its own run options (ppo-lstm-1-1's second leg stopped at 19 of 20

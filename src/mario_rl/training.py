@@ -21,6 +21,7 @@ from typing import IO, Any
 from .algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, NonFiniteMsg, UpdateMsg, WorkerMessage
 from .algos.ppo import PPO
 from .algos.ppo_family import make_ppo
+from .algos.teachers import load_teachers
 from .config.a3g import A3GConfig
 from .config.jobs import A3GJob, TrainJob
 from .devices import check_device, set_threads
@@ -169,6 +170,13 @@ def train(
     check_device(job.ppo.device)  # before the run directory exists
     _check_obs_fits(job.ppo, job.env)
     init = None if job.run.resume else _initial_weights(job, job.ppo)
+    env = job.env
+    teachers = load_teachers(
+        job.ppo.teachers,
+        env,
+        (env.frame_stack, env.size, env.size),
+        len(action_meanings(env.actions)),
+    )
     kept, (job, checkpoint) = collective.from_main(
         lambda: _open_and_load(job, total_steps_given, given)
     )
@@ -178,6 +186,7 @@ def train(
     set_threads(cfg.torch_threads)  # this process's learner threads (collection sets its own)
     envs = make_vector_env(job.env, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
     ppo = make_ppo(cfg, envs, collective=collective)
+    ppo.set_teachers(teachers)
     meta = None
     if checkpoint is not None:
         tensors, meta = checkpoint

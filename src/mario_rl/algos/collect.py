@@ -38,6 +38,15 @@ from mario_rl.seeding import collect_seed, group_seed
 __all__ = ["Collector", "GroupPart"]
 
 
+def _copy_stages(dst: Tensor, info: dict) -> None:
+    """``info["stage"]`` (per env, indices into STAGES) into ``dst``; -1 where an env has none."""
+    stage = info.get("stage") if isinstance(info, dict) else None
+    if stage is None or len(stage) != len(dst):
+        dst.fill_(-1)
+    else:
+        dst.copy_(torch.from_numpy(np.asarray(stage, dtype=np.int16)))
+
+
 def _collect_key(k: int) -> str:
     """Checkpoint key of env group k's action-sampling stream (group 0's predates groups)."""
     return f"rng.collect_generator.{k}" if k else "rng.collect_generator"
@@ -83,6 +92,8 @@ class Collector:
         obs_shape = tuple(model.spec.obs_shape)
         self.next_obs = torch.zeros((n, *obs_shape), dtype=torch.uint8, device=self.device)
         self.next_start = torch.ones(n, dtype=torch.bool, device=self.device)
+        self.next_stage = torch.full((n,), -1, dtype=torch.int16, device=self.device)
+        """The stage each env's next observation shows (the env's ``info["stage"]``; -1 unknown)."""
         self.state = model.initial_state(n, self.device)
         """The recurrent state of every env (None for a feed-forward model)."""
 
@@ -114,9 +125,10 @@ class Collector:
         """Reset every env and the carried state (after swapping in a fresh env, or a resume)."""
         assert self.envs is not None
         self.wait()
-        obs, _ = self.envs.reset(seed=seed)
+        obs, info = self.envs.reset(seed=seed)
         self.next_obs.copy_(torch.from_numpy(obs))
         self.next_start.fill_(True)
+        _copy_stages(self.next_stage, info)
         self.state = self.model.initial_state(self.cfg.num_envs, self.device)
 
     def random_steps(self, steps: int, n_actions: int) -> list[np.ndarray]:
@@ -127,7 +139,8 @@ class Collector:
         seen = []
         for _ in range(steps):
             a = torch.randint(0, n_actions, (self.cfg.num_envs,), generator=self.gens[0])
-            obs, *_ = self.envs.step(a.numpy())
+            obs, _, _, _, info = self.envs.step(a.numpy())
+            _copy_stages(self.next_stage, info)
             seen.append(obs)
         if seen:
             self.next_obs.copy_(torch.from_numpy(seen[-1]))
@@ -242,11 +255,13 @@ class Collector:
         cols = slice(r.start, r.stop)
         state = None if self.state is None else (self.state[0][cols], self.state[1][cols])
         next_obs, next_start = self.next_obs[cols], self.next_start[cols]
+        next_stage = self.next_stage[cols]
         with torch.inference_mode():
             for t in range(self.cfg.rollout_steps):
                 t0 = time.perf_counter()
                 buf.obs[t, cols] = next_obs
                 buf.starts[t, cols] = next_start
+                buf.stages[t, cols] = next_stage
                 buf.keep_state(t, cols, state)
                 t1 = time.perf_counter()
                 out = model(buf.obs[t, cols], state, next_start)
@@ -267,6 +282,7 @@ class Collector:
                 buf.terminations[t, cols] = torch.from_numpy(np.asarray(term, dtype=bool))
                 buf.dones[t, cols] = done_t
                 next_start.copy_(done_t)
+                _copy_stages(next_stage, infos)
                 buf.keep_next_obs(t, cols, next_obs)
                 if done_np.any():
                     self._episode_ends(
@@ -328,7 +344,11 @@ class Collector:
     # -- checkpoint state -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
         """The carried per-env state (``env.*``) and the action-sampling streams."""
-        tensors = {"env.next_obs": self.next_obs.clone(), "env.next_start": self.next_start.clone()}
+        tensors = {
+            "env.next_obs": self.next_obs.clone(),
+            "env.next_start": self.next_start.clone(),
+            "env.next_stage": self.next_stage.clone(),
+        }
         if self.state is not None:
             tensors["env.lstm_h"] = self.state[0].clone()
             tensors["env.lstm_c"] = self.state[1].clone()
@@ -346,5 +366,7 @@ class Collector:
         if restore_env_state:
             self.next_obs.copy_(tensors["env.next_obs"])
             self.next_start.copy_(tensors["env.next_start"])
+            if "env.next_stage" in tensors:  # absent from checkpoints before it was kept
+                self.next_stage.copy_(tensors["env.next_stage"])
             if self.state is not None:
                 self.state = (tensors["env.lstm_h"].clone(), tensors["env.lstm_c"].clone())

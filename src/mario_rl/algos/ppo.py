@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from mario_rl.algos.collect import Collector
 from mario_rl.algos.rollout import Rollout
+from mario_rl.algos.teachers import Teachers, teacher_kl
 from mario_rl.config.ppo import PPOConfig
 from mario_rl.devices import learn_dtype
 from mario_rl.envs.stages import STAGES, StageSelection, check_curriculum_stages
@@ -144,6 +145,8 @@ class PPO:
         self.collector = Collector(
             cfg, envs, self.model, self._new_rollout, cfg.batch_size * collective.world_size
         )
+        self.teachers: Teachers | None = None
+        """Kickstarting teachers by stage (``cfg.teachers``, set by the caller: :meth:`set_teachers`)."""
         self.curriculum: Curriculum | None = None
         """The stage curriculum (``cfg.curriculum`` with an env), else None."""
         self._stages: StageSelection | None = None
@@ -162,6 +165,18 @@ class PPO:
             self.reset_envs(cfg.seed)
         # Every replica starts from rank 0's weights.
         self.collective.broadcast_tensors(self._replicated_tensors())
+
+    def set_teachers(self, teachers: Teachers | None) -> None:
+        """Frozen teachers whose action distributions the update pulls the model toward on
+        their stages' samples (:func:`mario_rl.algos.teachers.load_teachers`); None: none."""
+        self.teachers = teachers
+
+    def current_teacher_coef(self) -> float:
+        """Weight of the teachers' KL term for the next update."""
+        cfg = self.cfg
+        if cfg.teacher_steps:
+            return cfg.teacher_coef * max(0.0, 1.0 - self.global_step / cfg.teacher_steps)
+        return cfg.teacher_coef
 
     def _init_extras(self) -> list[nn.Parameter]:
         """What a subclass trains besides the actor-critic, built from the same seeded stream;
@@ -291,6 +306,12 @@ class PPO:
         params = self.optimizer.param_groups[0]["params"]
         b_actions, b_logprobs = flat(buf.actions), flat(buf.logprobs)
         b_adv, b_returns = flat(buf.advantages), flat(buf.returns)
+        teacher_coef = self.current_teacher_coef() if self.teachers is not None else 0.0
+        if teacher_coef > 0:
+            assert self.teachers is not None
+            t_logp, t_mask = self.teachers.log_probs(
+                self._as_nchw(flat(buf.obs_store)), flat(buf.stages).long()
+            )
 
         sums: dict[str, Tensor] = {}
         n_mb = 0
@@ -315,6 +336,11 @@ class PPO:
                     cfg.vf_loss,
                 )
                 loss = self._loss(terms, out, idx, ent_coef)
+                if teacher_coef > 0:
+                    term, terms["teacher_kl"] = teacher_kl(
+                        out.logits.reshape(-1, self.n_actions), t_logp[idx], t_mask[idx]
+                    )
+                    loss = loss + teacher_coef * term
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -354,6 +380,10 @@ class PPO:
         }
         if "grad_norm" in means:
             metrics["debug/grad_norm"] = means["grad_norm"]
+        if self.teachers is not None:
+            metrics["charts/teacher_coef"] = teacher_coef
+            if teacher_coef > 0:
+                metrics["charts/teacher_share"] = float(t_mask.float().mean())
         # The subclasses' own loss terms (the LSTM penalty; RND's predictor and intrinsic value).
         metrics |= {f"losses/{k}": v for k, v in means.items() if k not in _REPORTED}
         return metrics

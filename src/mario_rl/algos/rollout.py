@@ -47,6 +47,8 @@ class Rollout:
         self.dones = z(torch.bool)
         self.starts = z(torch.bool)
         """obs[t] is the first observation of an episode (the LSTM resets there)."""
+        self.stages = torch.full((t, n), -1, dtype=torch.int16, device=device)
+        """Index into STAGES of the stage obs[t] shows (-1 where the env does not say)."""
         self.advantages = z()
         self.returns = z()
         self.episodes: list[dict[str, Any]] = []

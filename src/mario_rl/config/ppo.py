@@ -11,9 +11,30 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from mario_rl.config.records import NETWORKS, from_dict
+from mario_rl.envs.stages import StageError, stage_index
 from mario_rl.rl.curriculum import check_curriculum_options
 
 ALGOS = ("ppo", "ppo-lstm", "ppo-rnd")
+
+
+FORM = "STAGE=CHECKPOINT[,STAGE=CHECKPOINT…], e.g. 1-1=models/ppo-1-1-small"
+
+
+def parse_teachers(spec: str) -> dict[str, str]:
+    """``'1-1=a,1-4=b'`` as {stage: checkpoint path}; ValueError (one line) on a bad form."""
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        stage, sep, path = part.strip().partition("=")
+        if not sep or not stage.strip() or not path.strip():
+            raise ValueError(f"--teachers: {part.strip()!r} is not STAGE=CHECKPOINT; give {FORM}")
+        try:
+            stage_index(stage)
+        except StageError as e:
+            raise ValueError(f"--teachers: {e}") from None
+        if stage.strip() in out:
+            raise ValueError(f"--teachers: stage {stage.strip()} has two teachers; give one each")
+        out[stage.strip()] = path.strip()
+    return out
 
 
 @dataclass
@@ -103,6 +124,15 @@ class PPOConfig:
     stage from the start. Stages not yet open are not drawn."""
     curriculum_master: float = 0.5
     """Running clear rate of training episodes at which the frontier counts a stage as mastered."""
+    teachers: str = ""
+    """Kickstarting: 'STAGE=CHECKPOINT,…' names a feed-forward model (same --size and --actions)
+    for some of the run's stages; the update adds teacher_coef * KL(teacher || model) on the
+    samples of those stages, pulling the model toward what the teacher does there while the RL
+    loss trains on as usual. '' = off. PPO and PPO+RND."""
+    teacher_coef: float = 1.0
+    """Weight of the teachers' KL term in the loss."""
+    teacher_steps: int = 0
+    """Agent steps over which teacher_coef decays linearly to 0 (0: it never decays)."""
     network: Literal["nature", "small", "impala"] = "small"
     """Encoder: 'small' (16-32-32 convs + 256 features, ~2.5x faster to train than Nature on CPU),
     'nature' (the DQN Nature CNN, 512 features) or 'impala' (IMPALA ResNet 16-32-32; slow on CPU)."""
@@ -214,6 +244,17 @@ class PPOConfig:
         if not self.rnd_obs_clip > 0:
             raise ValueError(f"rnd_obs_clip must be > 0, got {self.rnd_obs_clip}")
         check_curriculum_options(self)
+        if self.teachers:
+            parse_teachers(self.teachers)
+            if self.algo not in ("ppo", "ppo-rnd"):
+                raise ValueError(
+                    f"--teachers works with --algo ppo or ppo-rnd, not {self.algo}"
+                    " (its samples are single steps, a recurrent model's are sequences)"
+                )
+        if not self.teacher_coef >= 0:
+            raise ValueError(f"teacher_coef must be >= 0, got {self.teacher_coef}")
+        if self.teacher_steps < 0:
+            raise ValueError(f"teacher_steps must be >= 0 (0: no decay), got {self.teacher_steps}")
         batch = self.batch_size
         if batch % self.minibatch_size:
             divisors = [d for d in (64, 128, 256, 512, 1024, 2048) if batch % d == 0]
