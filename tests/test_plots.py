@@ -86,3 +86,11 @@ def test_success_map_png(tmp_path):
     assert rgb.std() > 10  # not a blank canvas
     with pytest.raises(ValueError):
         success_map({"episodes": 1}, tmp_path / "x.png")
+
+
+def test_a_stage_counts_as_cleared_at_eight_of_ten():
+    # Logs before session 12 counted a stage only at 100 %: the points re-read the rates.
+    row = {"step": 10, "eval/stages_cleared": 0.0, "eval/stage/1-1/clear_rate": 0.8,
+           "eval/stage/1-2/clear_rate": 0.7, "eval/stage/1-3/clear_rate": 1.0}  # fmt: skip
+    (point,) = stages_cleared_points([row])
+    assert (point["stages_cleared"], point["stages"]) == (2, 3)

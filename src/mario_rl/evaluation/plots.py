@@ -15,6 +15,7 @@ import numpy as np
 
 from ..envs.stages import STAGES
 from .levels import stage_length
+from .report import CLEARED_BAR
 
 # Each panel: title, candidate keys (older runs used the first), y label.
 CURVES: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -102,7 +103,13 @@ def stages_cleared_points(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]
         cleared = r.get("eval/stages_cleared")
         if not isinstance(cleared, int | float):
             continue
-        evaluated = sum(1 for k in r if k.startswith("eval/stage/") and k.endswith("/clear_rate"))
+        rates = [
+            v for k, v in r.items() if k.startswith("eval/stage/") and k.endswith("/clear_rate")
+        ]
+        evaluated = len(rates)
+        if rates:
+            # Re-read from the per-stage rates: logs before session 12 counted only 100 % clears.
+            cleared = sum(float(v) >= CLEARED_BAR - 1e-9 for v in rates)
         shares = [
             min(1.0, float(v) / stage_length(k.split("/")[2]))
             for k, v in r.items()
