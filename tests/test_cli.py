@@ -294,6 +294,7 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
         ("cpu-lstm", "ppo-lstm-1-1", []),
         ("cpu-lstm", "ppo-lstm-1-4", ["--stages", "1-4", "--no-jump-repress"]),
         ("cpu-rnd", "ppo-rnd-1-1", []),
+        ("cpu-1-1", "ppo-1-2", ["--stages", "1-2"]),
         ("cpu-1-1", "ppo-1-4", ["--stages", "1-4"]),
         ("cpu-1-1", "ppo-4-1", ["--stages", "4-1"]),
     ],
