@@ -220,3 +220,14 @@ def test_a_recurrent_or_pickled_teacher_is_refused(tmp_path: Path) -> None:
     (pickle / "model.pt").write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(ValueError):
         load_teachers(f"1-1={pickle}", env, (4, 36, 36), 5)
+
+
+def test_a_resumed_run_may_take_in_new_teachers(teacher: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    base = ["train", *SMALL, "--stages", "1-1,1-2", "--run-dir", str(run)]
+    assert main([*base, "--total-steps", "64"]) == 0
+    assert main([*base, "--resume", "--total-steps", "128", "--teachers", f"1-1={teacher}"]) == 0
+    _, meta = load_checkpoint(run / "checkpoints" / "final")
+    assert meta["global_step"] == 128 and meta["config"]["teachers"] == f"1-1={teacher}"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "losses/teacher_kl" in r] == [128]  # the resumed leg

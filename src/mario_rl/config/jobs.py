@@ -31,6 +31,10 @@ RESUME_MACHINE_FIELDS = frozenset(
 """Algorithm options a resumed run takes from its command line: the step budget and how the
 machine runs it (threads, devices, log cadence), which change nothing the model learns from."""
 
+RESUME_GUIDANCE_FIELDS = frozenset({"teachers", "teacher_coef", "teacher_steps"})
+"""Options a resumed run may also change: the kickstarting teachers, so that a run going on
+across sessions takes in the teachers trained since (they guide the model, they are not in it)."""
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -68,7 +72,7 @@ def _saved(
     given = given or {}
     cfg = cls.from_dict(saved["a3g" if algo == "a3g" else "ppo"])
     for name, value in given.get("algo", {}).items():
-        if name in RESUME_MACHINE_FIELDS:
+        if name in RESUME_MACHINE_FIELDS or name in RESUME_GUIDANCE_FIELDS:
             setattr(cfg, name, value)
         else:
             _refuse_change(path, name, value, getattr(cfg, name))
