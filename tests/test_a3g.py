@@ -856,10 +856,16 @@ def test_a3g_1_1_preset_is_the_recipe_of_the_shipped_model() -> None:
     # models/a3g-1-1 was trained with these settings (given as flags; the preset came after).
     _, meta = load_checkpoint(Path(__file__).parents[1] / "models" / "a3g-1-1")
     assert meta["optimizer"] is None  # weights only
+    now = job.a3g.to_dict()
     assert {k: v for k, v in meta["config"].items() if k != "total_steps"} == {
-        k: v for k, v in job.a3g.to_dict().items() if k != "total_steps"
+        k: now[k] for k in meta["config"] if k != "total_steps"
     }
-    assert meta["env_config"] == job.env.to_dict()
+    # Options added after the model was trained stay at their defaults (off) in the preset.
+    assert set(now) - set(meta["config"]) <= {"curriculum_frontier", "curriculum_master"}
+    assert job.a3g.curriculum_frontier == 0
+    env_now = job.env.to_dict()
+    assert meta["env_config"] == {k: env_now[k] for k in meta["env_config"]}
+    assert set(env_now) - set(meta["env_config"]) <= {"stage_marker"} and not job.env.stage_marker
 
 
 def test_bench_train_a3g_json():
