@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from mario_rl.config.curriculum import check_curriculum_options
 from mario_rl.config.records import NETWORKS, RENAMED, from_dict
-from mario_rl.rl.curriculum import check_curriculum_options
 
 OPTIMIZERS = ("adam", "rmsprop")
 

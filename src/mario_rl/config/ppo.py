@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from mario_rl.config.curriculum import check_curriculum_options
 from mario_rl.config.records import NETWORKS, from_dict
 from mario_rl.envs.stages import StageError, stage_index
-from mario_rl.rl.curriculum import check_curriculum_options
 
 ALGOS = ("ppo", "ppo-lstm", "ppo-rnd")
 
