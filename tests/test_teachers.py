@@ -231,3 +231,23 @@ def test_a_resumed_run_may_take_in_new_teachers(teacher: Path, tmp_path: Path) -
     assert meta["global_step"] == 128 and meta["config"]["teachers"] == f"1-1={teacher}"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "losses/teacher_kl" in r] == [128]  # the resumed leg
+
+
+def test_a_resume_checks_teachers_against_the_runs_own_stages(
+    teacher: Path, tmp_path: Path
+) -> None:
+    """The resume command names only the run directory: a teacher for 1-2 fits the saved run
+    (1-2,1-3) even though the command's own default stage is 1-1, and a later plain resume keeps
+    the saved teachers."""
+    run = tmp_path / "run"
+    assert (
+        main(["train", *SMALL, "--stages", "1-2,1-3", "--run-dir", str(run), "--total-steps", "64"])
+        == 0
+    )
+    resume = ["train", "--run-dir", str(run), "--resume"]
+    assert main([*resume, "--total-steps", "128", "--teachers", f"1-2={teacher}"]) == 0
+    assert main([*resume, "--total-steps", "192"]) == 0
+    _, meta = load_checkpoint(run / "checkpoints" / "final")
+    assert meta["global_step"] == 192 and meta["config"]["teachers"] == f"1-2={teacher}"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "losses/teacher_kl" in r] == [128, 192]

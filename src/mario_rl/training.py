@@ -21,9 +21,9 @@ from typing import IO, Any
 from .algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, NonFiniteMsg, UpdateMsg, WorkerMessage
 from .algos.ppo import PPO
 from .algos.ppo_family import make_ppo
-from .algos.teachers import load_teachers
+from .algos.teachers import Teachers, load_teachers
 from .config.a3g import A3GConfig
-from .config.jobs import A3GJob, TrainJob
+from .config.jobs import A3GJob, TrainJob, with_last_guidance
 from .devices import check_device, set_threads
 from .envs import make_vector_env, parse_stages
 from .envs.actions import action_meanings
@@ -55,6 +55,7 @@ def _open_run(
     )
     latest = None
     if job.run.resume:
+        given = with_last_guidance(given, run.last_config())
         job = job.resumed(run.path, run.saved_config(), total_steps_given, given)
         latest = run.latest_checkpoint()
     return run, job, latest
@@ -154,6 +155,18 @@ class _PPOSteps:
         return self.ppo.state_dict()
 
 
+def _teachers(job: TrainJob) -> Teachers | None:
+    """The frozen teachers ``job`` names, checked against its stages and model (one-line
+    ValueError otherwise); None without any."""
+    env = job.env
+    return load_teachers(
+        job.ppo.teachers,
+        env,
+        (env.frame_stack, env.size, env.size),
+        len(action_meanings(env.actions)),
+    )
+
+
 def train(
     job: TrainJob,
     total_steps_given: int | None = None,
@@ -170,16 +183,13 @@ def train(
     check_device(job.ppo.device)  # before the run directory exists
     _check_obs_fits(job.ppo, job.env)
     init = None if job.run.resume else _initial_weights(job, job.ppo)
-    env = job.env
-    teachers = load_teachers(
-        job.ppo.teachers,
-        env,
-        (env.frame_stack, env.size, env.size),
-        len(action_meanings(env.actions)),
-    )
+    # A new run's teachers are checked before its directory exists; a resumed run's against its
+    # saved stages and the teachers it keeps or is given (opening it to resume writes nothing).
+    teachers = None if job.run.resume else _teachers(job)
     kept, (job, checkpoint) = collective.from_main(
         lambda: _open_and_load(job, total_steps_given, given)
     )
+    teachers = teachers if teachers is not None else _teachers(job)
     run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
     cfg = collective.rank_config(job.ppo)
 

@@ -36,6 +36,21 @@ RESUME_GUIDANCE_FIELDS = frozenset({"teachers", "teacher_coef", "teacher_steps"}
 across sessions takes in the teachers trained since (they guide the model, they are not in it)."""
 
 
+def with_last_guidance(
+    given: Mapping[str, Mapping[str, Any]] | None, last: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """``given`` plus, for each of :data:`RESUME_GUIDANCE_FIELDS` the command does not set, the
+    value of the run's latest leg (``last``, its newest config): a plain ``--resume`` goes on with
+    the teachers the run last had, not those it started with."""
+    out = {part: dict(opts) for part, opts in (given or {}).items()}
+    algo = out.setdefault("algo", {})
+    recorded = last.get("ppo") or {}
+    for name in RESUME_GUIDANCE_FIELDS:
+        if name not in algo and name in recorded:
+            algo[name] = recorded[name]
+    return out
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -147,6 +147,15 @@ class RunDir:
         """The config the run started with."""
         return json.loads(self.config_path.read_text())
 
+    def last_config(self) -> dict[str, Any]:
+        """The config of the latest leg that changed something (the newest
+        ``config.resume-<n>.json``), else the one the run started with."""
+        n = 1
+        while (self.path / f"config.resume-{n}.json").exists():
+            n += 1
+        path = self.path / f"config.resume-{n - 1}.json" if n > 1 else self.config_path
+        return json.loads(path.read_text())
+
     def latest_checkpoint(self) -> Path | None:
         """The checkpoint to resume from, or None (see :func:`mario_rl.run.checkpoints.latest_checkpoint`)."""
         return ckpts.latest_checkpoint(self.checkpoints)
