@@ -341,6 +341,14 @@ CASES: dict[str, list[Case]] = {
         Case("record --checkpoint CK --out v --stages 1-1,1-1", r"twice", STAGES_RIGHT),
         Case("record --checkpoint CK --out v --tile-shrink 3", r"invalid choice: 3", r"1, 2, 4"),
     ],
+    "export": [
+        Case("export --checkpoint NOPE --out m", r"NOPE does not exist", r"checkpoint directory"),
+        Case("export --checkpoint evil.pkl --out m", r"refusing .* pickle", r"only checkpoint"),
+        Case("export --checkpoint CORRUPT --out m", r"sha256", r"another one"),
+        Case("export --checkpoint ACTIONS --out m", r"7 actions", r"saved by mario-rl"),
+        Case("export --checkpoint CK --out CK", r"CK already exists", r"name a new directory"),
+        Case("export --checkpoint CK --out NODIR/m", r"NODIR does not exist", r"--out"),
+    ],
     "plot": [
         Case("plot NOPE", r"NOPE does not exist", r"run directory .* or an eval JSON"),
         Case("plot EMPTY", r"metrics.jsonl is missing", r"run directory"),
@@ -410,9 +418,8 @@ def test_the_table_covers_every_command() -> None:
     covered = {c.argv.split(" ")[0] for cases in CASES.values() for c in cases}
     covered |= {" ".join(c.argv.split(" ")[:2]) for c in CASES["bench env"] + CASES["bench train"]}
     algos = {g.removeprefix("train ").strip() for g in CASES if g.startswith("train ")}
-    assert {"train", "eval", "record", "plot", "play", "presets", "bench env", "bench train"} <= (
-        covered
-    )
+    commands = {"train", "eval", "record", "export", "plot", "play", "presets"}
+    assert commands | {"bench env", "bench train"} <= covered
     assert algos == {"ppo-lstm", "ppo-rnd", "a3g"}  # and plain ppo under "train"
 
 

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the preset files shipped with mario-rl")
 
-    cli_media.add_parsers(sub)  # eval, record, plot, play
+    cli_media.add_parsers(sub)  # eval, record, export, plot, play
     return parser
 
 

@@ -1,5 +1,6 @@
 """The ``mario-rl`` commands that look at what training made: ``eval`` (per-stage tables),
-``record`` (GIF/MP4), ``plot`` (training curves, stage maps) and ``play`` (a live window).
+``record`` (GIF/MP4), ``export`` (the network alone, to ship), ``plot`` (training curves, stage
+maps) and ``play`` (a live window).
 
 Their parsers and handlers; :mod:`mario_rl.cli` dispatches to them. Bad input is a one-line
 :class:`~mario_rl.cliargs.UsageError` (exit code 2), refused before anything is loaded or written.
@@ -27,7 +28,7 @@ __all__ = ["HANDLERS", "add_parsers"]
 
 
 def add_parsers(sub: Any) -> None:
-    """The eval, record, plot and play subcommands."""
+    """The eval, record, export, plot and play subcommands."""
     ev = sub.add_parser("eval", help="per-stage clear rate and progress of a checkpoint")
     _checkpoint_args(ev, episodes=10)
     _stage_args(ev)
@@ -63,6 +64,17 @@ def add_parsers(sub: Any) -> None:
         default=2,
         help="--grid tiles at 1/N of 256x240 (default 2)",
     )
+
+    ex = sub.add_parser(
+        "export", help="a checkpoint's network alone (weights + JSON), small enough to ship"
+    )
+    ex.add_argument(
+        "--checkpoint", required=True, help="a checkpoint directory (e.g. runs/…/checkpoints/best)"
+    )
+    ex.add_argument(
+        "--out", required=True, metavar="DIR", help="a new directory (e.g. models/NAME)"
+    )
+    ex.add_argument("--note", default="", help="a line on what it is and how it was trained")
 
     pl = sub.add_parser("plot", help="PNG training curves of a run, or the stage map of an eval")
     pl.add_argument("source", metavar="RUN_DIR|EVAL.json", help="a run directory or eval JSON")
@@ -247,6 +259,23 @@ def _record(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _export(ns: argparse.Namespace) -> int:
+    from .evaluation.policy import export_policy
+    from .io.checkpoint import CheckpointError
+
+    out = Path(ns.out)
+    if out.exists() or out.is_symlink():
+        raise UsageError(f"--out: {out} already exists; name a new directory (nothing is replaced)")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: directory {out.parent} does not exist")
+    try:
+        path, size = export_policy(ns.checkpoint, out, ns.note)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {path} (weights {size / 1e6:.2f} MB)")
+    return 0
+
+
 def _plot(ns: argparse.Namespace) -> int:
     from .evaluation.plots import (
         stages_cleared_curve,
@@ -320,5 +349,5 @@ def _play(ns: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"eval": _eval, "record": _record, "plot": _plot, "play": _play}
+HANDLERS = {"eval": _eval, "record": _record, "export": _export, "plot": _plot, "play": _play}
 """Each subcommand's handler: the parsed namespace in, the exit code out."""

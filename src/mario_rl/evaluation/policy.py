@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from ..devices import set_threads
 from ..envs import EnvConfig, action_meanings
-from ..io.checkpoint import CheckpointError, load_checkpoint, strip_prefix
+from ..io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefix
 from ..models import ActorCritic, ModelSpec
 from ..rl.actions import policy_act
 from .evaluate import Policy, evaluate, summarise
@@ -71,6 +72,26 @@ def load_policy(
         ) from None
     model.to(device).eval()
     return LoadedPolicy(model, env_config, meta, deterministic)
+
+
+def export_policy(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], note: str = ""
+) -> tuple[Path, int]:
+    """Write the policy of checkpoint ``src`` as a small checkpoint at ``dst``: the network's
+    weights only (no optimizer, RND or other training state), its model and env records, the
+    training job and counters, and ``note``. It plays, evaluates, teaches (``--teachers``) and
+    starts runs (``--init-from``) like the original; it cannot be resumed. ``src`` must load as a
+    policy (CheckpointError otherwise). Returns (the path written, its weights' bytes)."""
+    load_policy(src)  # refuses anything that would not play
+    tensors, meta = load_checkpoint(src)
+    weights = {k: v for k, v in tensors.items() if k.startswith("model.")}
+    kept = {k: v for k, v in meta.items() if k != "checkpoint"}
+    kept["optimizer"] = None
+    if note:
+        kept["note"] = note
+    path = save_checkpoint(dst, weights, kept)
+    _, written = load_checkpoint(path)
+    return path, int(written["checkpoint"]["weights_bytes"])
 
 
 def _check_fits(spec: ModelSpec, env: EnvConfig) -> None:
