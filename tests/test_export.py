@@ -11,10 +11,7 @@ from mario_rl.cli import main
 from mario_rl.devices import torch_threads
 from mario_rl.evaluation.policy import load_policy
 from mario_rl.io.checkpoint import load_checkpoint
-
-SMALL = ["--size", "36", "--actions", "right-only", "--envs", "2", "--workers", "1",
-         "--rollout-steps", "32", "--minibatch-size", "32", "--epochs", "1", "--eval-every", "0",
-         "--network", "small"]  # fmt: skip
+from tiny_runs import SMALL
 
 
 @pytest.fixture(autouse=True)

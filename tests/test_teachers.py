@@ -19,10 +19,7 @@ from mario_rl.envs import STAGES, EnvConfig, MarioVectorEnv
 from mario_rl.envs.core import read_stage_mark
 from mario_rl.io.checkpoint import load_checkpoint
 from mario_rl.models import ActorCritic, ModelSpec
-
-SMALL = ["--size", "36", "--actions", "right-only", "--envs", "2", "--workers", "1",
-         "--rollout-steps", "32", "--minibatch-size", "32", "--epochs", "1", "--eval-every", "0",
-         "--network", "small"]  # fmt: skip
+from tiny_runs import SMALL
 
 
 @pytest.fixture(autouse=True)
