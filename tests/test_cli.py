@@ -297,6 +297,7 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
         ("cpu-1-1", "ppo-1-2", ["--stages", "1-2"]),
         ("cpu-1-1", "ppo-1-4", ["--stages", "1-4"]),
         ("cpu-1-1", "ppo-4-1", ["--stages", "4-1"]),
+        ("cpu-1-1", "ppo-6-1", ["--stages", "6-1"]),
     ],
 )
 def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra):
