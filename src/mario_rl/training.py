@@ -185,11 +185,13 @@ def train(
     init = None if job.run.resume else _initial_weights(job, job.ppo)
     # A new run's teachers are checked before its directory exists; a resumed run's against its
     # saved stages and the teachers it keeps or is given (opening it to resume writes nothing).
-    teachers = None if job.run.resume else _teachers(job)
+    resuming = job.run.resume
+    teachers = None if resuming else _teachers(job)
     kept, (job, checkpoint) = collective.from_main(
         lambda: _open_and_load(job, total_steps_given, given)
     )
-    teachers = teachers if teachers is not None else _teachers(job)
+    if resuming:
+        teachers = _teachers(job)
     run, latest = kept if kept is not None else (None, None)  # ranks other than 0: no run dir
     cfg = collective.rank_config(job.ppo)
 
