@@ -352,6 +352,34 @@ def test_progress_starts_off_by_default_and_never_in_evaluation_config():
     assert EnvConfig().progress_starts == 0.0
     with pytest.raises(ValueError, match="progress_starts"):
         EnvConfig(progress_starts=1.0).validate()
+    with pytest.raises(ValueError, match="progress_cells needs progress_starts"):
+        EnvConfig(progress_cells=True).validate()
+
+
+def test_progress_cells_keep_standing_states_by_x_and_y_and_favour_rare_cells():
+    cfg = EnvConfig(
+        stages="1-1", actions="right-only", progress_starts=0.5, progress_cells=True, noop_max=0
+    )
+    env = make_vector_env(cfg, num_envs=1, workers=1, seed=3)
+    env.reset(seed=3)
+    for _ in range(300):
+        env.step(np.array([RIGHT]))
+    group = env.groups[0]
+    env.close()
+    keys = list(group.reached)
+    # Cells of 32 px: running right fills many of them, each with the episodes that stood there.
+    assert len(keys) > 4 and all(len(k) == 4 and k[0] == "1-1" for k in keys)
+    assert set(group.visits) == set(keys) and min(group.visits.values()) >= 1
+    # A cell few episodes reached is drawn far more often than its share of the cells.
+    rare = keys[len(keys) // 2]
+    for k in keys:
+        group.visits[k] = 1 if k == rare else 10_000
+    rng = np.random.default_rng(0)
+    draws = [group._progress_start("1-1", rng) for _ in range(400)]
+    drawn = [s for s in draws if s is not None]
+    from_rare = sum(any(s is kept for kept in group.reached[rare]) for s in drawn)
+    assert 100 < len(drawn) < 300  # progress_starts = 0.5
+    assert from_rare > 0.5 * len(drawn)
 
 
 @pytest.mark.parametrize("repress", [False, True])

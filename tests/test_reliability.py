@@ -236,6 +236,7 @@ CASES: dict[str, list[Case]] = {
         Case("train --preset nope", r"unknown preset 'nope'", r"available: .*cpu-1-1"),
         Case("train --preset lstm-seed --stages 1-3", r"per stage", r"one of its stages"),
         Case("train --actions jumpy", r"unknown action set 'jumpy'", r"one of right-only"),
+        Case("train --progress-cells", r"progress_cells needs progress_starts", r"e\.g\. 0\.5"),
         Case("train --envs 0", r"num_envs .* got 0", r"positive integer"),
         Case("train --envs -3", r"num_envs .* got -3", r"positive integer"),
         Case("train --envs two", r"got 'two'", r"--envs expects an integer"),

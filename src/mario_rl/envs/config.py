@@ -101,6 +101,11 @@ class EnvConfig:
     same env group reached on that stage (a few kept per 256 px of x) instead of the stage's
     start, so the far parts of a stage get practised; 0 = off. Not used in 'game' mode;
     evaluation always starts at the stage start. Such episodes are marked 'restored'."""
+    progress_cells: bool = False
+    """Progress starts by cells, as Go-Explore keeps them: states where Mario stands, a few per
+    32x32 px cell of x and y, drawn with weight 1/sqrt(episodes that stood in the cell), so
+    rarely reached places (a higher platform, the far side of a hard jump) are practised most.
+    Without it, a few states per 256 px of x, drawn uniformly."""
     emulator: str = "native"
     """Emulator backend: native (this package's C core, exact to nes-py and ~10x+ faster) or
     nes-py (the reference it is checked against)."""
@@ -145,6 +150,8 @@ class EnvConfig:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not 0.0 <= self.progress_starts < 1.0:
             raise ValueError(f"progress_starts must be in [0, 1), got {self.progress_starts}")
+        if self.progress_cells and not self.progress_starts:
+            raise ValueError("progress_cells needs progress_starts > 0 (e.g. 0.5)")
         for name in ("time_per_stage", "stall_steps", "max_steps", "noop_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")

@@ -50,6 +50,8 @@ _FAST_FORWARD_LIMIT = 2000
 # every part of a stage the agent has reached is practised about equally often.
 _BUCKET_PX = 256
 _PER_BUCKET = 4
+# With progress_cells, states are kept per (stage, area, x // _CELL_PX, y // _CELL_PX) instead.
+_CELL_PX = 32
 
 
 def mark_stage(frame: np.ndarray, index: int) -> None:
@@ -102,9 +104,13 @@ class EmulatorGroup:
         self.rngs = [np.random.default_rng(seed) for seed in seeds]
         self.episodes: list[Episode] = []
         self.rules = [Rules(config, sel.game) for sel in self.selection]
-        self.reached: dict[tuple[str, int, int], list[object]] = {}
-        """Progress starts: saved native states by (stage, area, x bucket)."""
+        self.reached: dict[tuple, list[object]] = {}
+        """Progress starts: saved native states by (stage, area, x bucket) or, with
+        ``progress_cells``, by (stage, area, x cell, y cell)."""
+        self.visits: dict[tuple, int] = {}
+        """Progress cells: how many episodes stood in each cell (draws favour the rare ones)."""
         self._bucket = np.full(n, -1, np.int64)
+        self._seen: list[set[tuple]] = [set() for _ in range(n)]
         self.restored = np.zeros(n, bool)
         """Whether env ``i``'s current episode began from a saved progress state."""
         self.prev_buttons = np.zeros(n, np.uint8)
@@ -201,27 +207,45 @@ class EmulatorGroup:
         else:
             self.episodes.append(ep)
         self._bucket[i] = ep.x // _BUCKET_PX
+        self._seen[i] = set()
         self.emu.gray(i, self.gray[i])
         self.stack[i] = self._observe(i)
 
     def _progress_start(self, stage: str | None, rng: np.random.Generator) -> object | None:
-        """A saved state of ``stage`` to start from (bucket drawn uniformly), or None."""
+        """A saved state of ``stage`` to start from, or None. The bucket is drawn uniformly; a
+        cell (``progress_cells``) with weight 1/sqrt(episodes that stood in it), so places few
+        episodes reach, such as the far side of a hard jump, are practised most."""
         p = self.cfg.progress_starts
         if stage is None or not p or rng.random() >= p:
             return None
         keys = [k for k in self.reached if k[0] == stage]
         if not keys:
             return None
-        states = self.reached[keys[int(rng.integers(len(keys)))]]
+        if self.cfg.progress_cells:
+            w = 1.0 / np.sqrt(np.array([self.visits[k] for k in keys], np.float64))
+            key = keys[int(rng.choice(len(keys), p=w / w.sum()))]
+        else:
+            key = keys[int(rng.integers(len(keys)))]
+        states = self.reached[key]
         return states[int(rng.integers(len(states)))]
 
     def _remember(self, i: int, ep: Episode) -> None:
-        """Keep env ``i``'s state when it first enters a farther x bucket in this episode."""
-        b = ep.x // _BUCKET_PX
-        if b <= self._bucket[i]:
-            return
-        self._bucket[i] = b
-        states = self.reached.setdefault((ep.stage, ep.area, b), [])
+        """Keep env ``i``'s state when it first enters a farther x bucket in this episode, or
+        (``progress_cells``) a cell of x and y it has not stood in yet this episode."""
+        if self.cfg.progress_cells:
+            key = (ep.stage, ep.area, ep.x // _CELL_PX, ep.y // _CELL_PX)
+            # Only where Mario stands: a state in mid-air is often already lost (a short jump).
+            if key in self._seen[i] or self.emu.rams[i][FLOAT_STATE] != 0:
+                return
+            self._seen[i].add(key)
+            self.visits[key] = self.visits.get(key, 0) + 1
+        else:
+            b = ep.x // _BUCKET_PX
+            if b <= self._bucket[i]:
+                return
+            self._bucket[i] = b
+            key = (ep.stage, ep.area, b)
+        states = self.reached.setdefault(key, [])
         if len(states) < _PER_BUCKET:
             states.append(self.emu.dump_state(i))
         else:

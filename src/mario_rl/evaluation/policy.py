@@ -59,6 +59,7 @@ def load_policy(
         env_config = EnvConfig.from_dict(meta["env_config"])
         # A training aid only: a loaded policy plays from the stages' starts.
         env_config.progress_starts = 0.0
+        env_config.progress_cells = False
         env_config.validate()
         _check_fits(spec, env_config)
         model = ActorCritic(spec)
