@@ -328,7 +328,8 @@ def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra)
     }
     env_now = job.env.to_dict()
     assert meta["env_config"] == {k: env_now[k] for k in meta["env_config"]}
-    assert set(env_now) - set(meta["env_config"]) <= {"stage_marker"} and not job.env.stage_marker
+    assert set(env_now) - set(meta["env_config"]) <= {"stage_marker", "progress_cells"}
+    assert not job.env.stage_marker and not job.env.progress_cells
     # A resumed leg may set its own run options (ppo-lstm-1-1's second leg stopped at 19 of 20
     # episodes to pick a checkpoint that clears reliably); the first leg ran the preset's.
     assert job.run.stop_at_clear_rate == 0.8
