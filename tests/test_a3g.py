@@ -50,6 +50,7 @@ from mario_rl.io.checkpoint import load_checkpoint, save_checkpoint
 from mario_rl.models import ActorCritic, ModelSpec
 from mario_rl.rl.advantages import a3g_targets
 from mario_rl.rl.losses import a3g_loss
+from shipped import assert_env_recipe
 
 TINY_SPEC = ModelSpec("small", (1, 36, 36), 3, recurrent=True, hidden_size=16)
 
@@ -863,9 +864,7 @@ def test_a3g_1_1_preset_is_the_recipe_of_the_shipped_model() -> None:
     # Options added after the model was trained stay at their defaults (off) in the preset.
     assert set(now) - set(meta["config"]) <= {"curriculum_frontier", "curriculum_master"}
     assert job.a3g.curriculum_frontier == 0
-    env_now = job.env.to_dict()
-    assert meta["env_config"] == {k: env_now[k] for k in meta["env_config"]}
-    assert set(env_now) - set(meta["env_config"]) <= {"stage_marker"} and not job.env.stage_marker
+    assert_env_recipe(job.env.to_dict(), meta["env_config"])
 
 
 def test_bench_train_a3g_json():

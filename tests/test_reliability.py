@@ -173,6 +173,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "RUN_EMPTY_RESUME").mkdir()  # no config.json: not a run directory
     (w / "EVAL_BAD.json").write_text(json.dumps({"stages": {"1-1": {"clear_rate": None}}}))
     (w / "EVAL_LIST.json").write_text(json.dumps([1, 2]))
+    # Demos: the committed 1-3 demo, one found with another action set, one that stops short.
+    demo = json.loads((SRC.parent / "demos" / "1-3.json").read_text())
+    (w / "D13.json").write_text(json.dumps(demo))
+    (w / "D13_COMPLEX.json").write_text(json.dumps(demo | {"actions": "complex"}))
+    (w / "D13_SHORT.json").write_text(json.dumps(demo | {"steps": demo["steps"][:100]}))
     return w
 
 
@@ -194,6 +199,7 @@ class _Reached(BaseException):
 def no_real_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """A case that wrongly passes every check fails at once instead of training for hours."""
     from mario_rl import bench
+    from mario_rl.envs import demos
     from mario_rl.evaluation import evaluate, media
 
     def reached(*a, **k):
@@ -205,6 +211,7 @@ def no_real_work(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bench, "_raw_fps", reached)
     monkeypatch.setattr(evaluate, "evaluate", reached)
     monkeypatch.setattr(media, "record", reached)
+    monkeypatch.setattr(demos, "explore", reached)
     monkeypatch.delenv("DISPLAY", raising=False)
 
 
@@ -237,6 +244,27 @@ CASES: dict[str, list[Case]] = {
         Case("train --preset lstm-seed --stages 1-3", r"per stage", r"one of its stages"),
         Case("train --actions jumpy", r"unknown action set 'jumpy'", r"one of right-only"),
         Case("train --progress-cells", r"progress_cells needs progress_starts", r"e\.g\. 0\.5"),
+        Case("train --demo-starts 0.5", r"demo_starts needs demos", r"--demos demos/1-3\.json"),
+        Case("train --demos D13.json", r"demos need demo_starts > 0", r"--demo-starts 0\.25"),
+        Case("train --demos D13.json --demo-starts 1.5", r"got 1\.5", r"\[0, 1\)"),
+        Case("train --demos NOPE.json --demo-starts 0.5", r"no such file", r"mario-rl explore"),
+        Case("train --demos FILE --demo-starts 0.5", r"not JSON", r"mario-rl explore"),
+        Case("train --demos D13.json --demo-starts 0.5", r"stage 1-3, which this run", r"run's"),
+        Case(
+            "train --stages 1-3 --demos D13_COMPLEX.json --demo-starts 0.5",
+            r"found with actions 'complex' but this run has 'right-only'",
+            r"explore again",
+        ),
+        Case(
+            "train --stages 1-3 --demos D13_SHORT.json --demo-starts 0.5",
+            r"its 100 steps end at x \d+, short of the flag",
+            r"explore",
+        ),
+        Case(
+            "train --stages 1-3 --demos D13.json,D13.json --demo-starts 0.5",
+            r"two demos of stage 1-3",
+            r"one demo a stage",
+        ),
         Case("train --envs 0", r"num_envs .* got 0", r"positive integer"),
         Case("train --envs -3", r"num_envs .* got -3", r"positive integer"),
         Case("train --envs two", r"got 'two'", r"--envs expects an integer"),
@@ -367,6 +395,15 @@ CASES: dict[str, list[Case]] = {
         Case("play --checkpoint CK --scale 0", r"got '0'", r"whole number > 0"),
         Case("play --checkpoint CK --fps -1", r"got '-1'", r"finite number > 0"),
     ],
+    "explore": [
+        Case("explore --stage 9-1 --out d.json", r"'9-1' is not a stage", STAGES_RIGHT),
+        Case("explore --stage 1-3 --out D13.json", r"D13.json already exists", r"a new file"),
+        Case("explore --stage 1-3 --out NODIR/d.json", r"NODIR does not exist", r"--out"),
+        Case("explore --stage 1-3 --out d.json --budget 0", r"got '0'", r"whole number > 0"),
+        Case("explore --stage 1-3 --out d.json --x-bias -1", r"got '-1'", r"number >= 0"),
+        Case("explore --stage 1-3 --out d.json --preset nope", r"unknown preset", r"available"),
+        Case("explore --stage 1-3 --out d.json --actions x", r"unknown action set", r"one of"),
+    ],
     "presets": [
         Case("presets extra", r"unrecognized arguments: extra", r"arguments"),
     ],
@@ -419,7 +456,7 @@ def test_the_table_covers_every_command() -> None:
     covered = {c.argv.split(" ")[0] for cases in CASES.values() for c in cases}
     covered |= {" ".join(c.argv.split(" ")[:2]) for c in CASES["bench env"] + CASES["bench train"]}
     algos = {g.removeprefix("train ").strip() for g in CASES if g.startswith("train ")}
-    commands = {"train", "eval", "record", "export", "plot", "play", "presets"}
+    commands = {"train", "eval", "record", "export", "plot", "play", "presets", "explore"}
     assert commands | {"bench env", "bench train"} <= covered
     assert algos == {"ppo-lstm", "ppo-rnd", "a3g"}  # and plain ppo under "train"
 

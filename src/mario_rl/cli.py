@@ -18,6 +18,7 @@ from . import cli_media, cliargs
 from .cliargs import (
     Parser,
     UsageError,
+    nonnegative_float,
     positive_float,
     positive_int,
     stage_list,
@@ -79,6 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--json", action="store_true", help="print JSON only")
 
     sub.add_parser("presets", help="list the preset files shipped with mario-rl")
+
+    xp = sub.add_parser(
+        "explore",
+        help="find a route to a stage's flag by random play from saved states (a demo for --demos)",
+    )
+    xp.add_argument("--stage", required=True, help="the stage to clear, e.g. 1-3")
+    xp.add_argument(
+        "--out", required=True, help="the demo file to write (JSON), e.g. demos/1-3.json"
+    )
+    xp.add_argument("--preset", default=DEFAULT_PPO_PRESET,
+                    help=f"the environment settings of this preset (default {DEFAULT_PPO_PRESET}); env flags override them")  # fmt: skip
+    xp.add_argument("--seed", type=int, default=0, help="seed of the random play")
+    xp.add_argument("--budget", type=positive_int("--budget"), default=2_000_000,
+                    help="agent steps to explore before giving up (default 2000000)")  # fmt: skip
+    xp.add_argument("--x-bias", type=nonnegative_float("--x-bias"), default=3.0,
+                    help="favour cells farther right: weight (1 + x / farthest x) ** X-BIAS (default 3; 0 = count-based only)")  # fmt: skip
+    _env_args(xp)
 
     cli_media.add_parsers(sub)  # eval, record, export, plot, play
     return parser
@@ -288,7 +306,7 @@ def _train(ns: argparse.Namespace) -> int:
     from .parallel.collective import LOCAL
     from .training import train, train_a3g
 
-    job = train_job(ns, "mario-rl " + " ".join(sys.argv[1:]))
+    job = train_job(ns, ns.command_line)
     given_total = cliargs.given(ns, "ppo").get("total_steps")
     # What a resumed run may take from this command line (TrainJob.resumed decides).
     algo_part = cliargs.given(ns, "a3g" if isinstance(job, A3GJob) else "ppo")
@@ -321,8 +339,8 @@ def _bench_train(ns: argparse.Namespace) -> int:
         from .devices import check_devices
 
         check_devices(job.a3g.gpu_ids)
-        return _report(bench_a3g(job, seconds=ns.seconds), ns.json)
-    return _report(bench_train(job, seconds=ns.seconds), ns.json)
+        return _report(bench_a3g(job, seconds=ns.seconds), ns)
+    return _report(bench_train(job, seconds=ns.seconds), ns)
 
 
 def _int_list(text: str) -> list[int]:
@@ -358,7 +376,7 @@ def _bench_learn(ns: argparse.Namespace) -> int:
             "bench learn measures the PPO family's learner; use --algo ppo, ppo-lstm or ppo-rnd"
         )
     set_threads(job.ppo.torch_threads)
-    return _report(bench_learn(job, ns.sizes, ns.precisions, ns.repeats), ns.json)
+    return _report(bench_learn(job, ns.sizes, ns.precisions, ns.repeats), ns)
 
 
 def _presets(ns: argparse.Namespace) -> int:
@@ -369,6 +387,55 @@ def _presets(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _explore(ns: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from .config import load_preset, preset_sections
+    from .envs.demos import explore
+    from .envs.stages import STAGES
+
+    if ns.stage not in STAGES:
+        raise UsageError(f"--stage: {ns.stage!r} is not a stage; give one such as 1-3 (1-1 … 8-4)")
+    out = Path(ns.out)
+    if out.exists():
+        raise UsageError(f"--out: {out} already exists; name a new file (nothing is replaced)")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out: directory {out.parent} does not exist")
+    load_preset(ns.preset)  # a one-line error for an unknown name
+    sections = preset_sections(ns.preset, [ns.stage])
+    cfg = EnvConfig()
+    cliargs.apply(cfg, sections["env"], "preset env")
+    cliargs.apply(cfg.reward, sections["reward"], "preset reward")
+    cfg = env_config(ns, cfg)
+    cfg.stages = ns.stage
+    cfg.validate()
+    start = time.monotonic()
+
+    def progress(steps: int, cells: int, x_max: int) -> None:
+        rate = steps / max(time.monotonic() - start, 1e-9)
+        print(f"[explore {ns.stage}] {steps:,} steps | {cells} cells | best x {x_max:,} | {rate:,.0f} steps/s", flush=True)  # fmt: skip
+
+    result = explore(
+        cfg, ns.stage, seed=ns.seed, max_steps=ns.budget, x_bias=ns.x_bias, on_progress=progress
+    )
+    took = time.monotonic() - start
+    if result.demo is None:
+        print(
+            f"no flag in {result.steps:,} steps ({took:.0f} s, {result.cells} cells, best x"
+            f" {result.x_max:,}); try a larger --budget or another --seed",
+            file=sys.stderr,
+        )
+        return 1
+    result.demo.found_by = ns.command_line
+    result.demo.save(out)
+    print(
+        f"wrote {out}: {ns.stage} cleared in {len(result.demo.steps)} steps, found after"
+        f" {result.steps:,} steps of exploring ({took:.0f} s, {result.cells} cells)"
+    )
+    return 0
+
+
 def _bench_env(ns: argparse.Namespace) -> int:
     from .bench import bench_env
 
@@ -376,13 +443,13 @@ def _bench_env(ns: argparse.Namespace) -> int:
         raise UsageError(f"--workers ({ns.workers}) cannot exceed --envs ({ns.envs})")
     cfg = env_config(ns)
     cfg.validate()
-    return _report(bench_env(cfg, envs=ns.envs, workers=ns.workers, seconds=ns.seconds), ns.json)
+    return _report(bench_env(cfg, envs=ns.envs, workers=ns.workers, seconds=ns.seconds), ns)
 
 
-def _report(result: dict, as_json: bool) -> int:
+def _report(result: dict, ns: argparse.Namespace) -> int:
     """Print a benchmark result (with the command that made it) as JSON or aligned lines."""
-    result["command"] = "mario-rl " + " ".join(sys.argv[1:])
-    if as_json:
+    result["command"] = ns.command_line
+    if ns.json:
         print(json.dumps(result))
     else:
         for k, v in result.items():
@@ -400,10 +467,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         ns = parser.parse_args(argv)
+        # The command as typed, recorded in run configs and demos so a result says how it was made.
+        ns.command_line = " ".join(["mario-rl", *(sys.argv[1:] if argv is None else argv)])
         if ns.command == "bench":
             run = {"env": _bench_env, "train": _bench_train, "learn": _bench_learn}[ns.what]
             return run(ns)
-        handlers = {"train": _train, "presets": _presets, **cli_media.HANDLERS}
+        handlers = {"train": _train, "presets": _presets, "explore": _explore}
+        handlers.update(cli_media.HANDLERS)
         return handlers[ns.command](ns)
     except (UsageError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -190,6 +190,23 @@ def positive_float(flag: str):
     return parse
 
 
+def nonnegative_float(flag: str):
+    """An argparse type: a finite number >= 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} expects a number >= 0, got {text!r}"
+            ) from None
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} expects a finite number >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
 def stage_spec(text: str | None) -> str | None:
     """The normalised stage selection of a --stages value (None when not given)."""
     return None if text is None else parse_stages(text).spec

@@ -106,6 +106,14 @@ class EnvConfig:
     32x32 px cell of x and y, drawn with weight 1/sqrt(episodes that stood in the cell), so
     rarely reached places (a higher platform, the far side of a hard jump) are practised most.
     Without it, a few states per 256 px of x, drawn uniformly."""
+    demos: str = ""
+    """Demonstration files (comma-separated), each a route to one stage's flag written by
+    ``mario-rl explore``; used by demo_starts."""
+    demo_starts: float = 0.0
+    """Training aid: the chance that an episode of a stage with a demo starts from a state along
+    the demo (drawn uniformly from its steps) instead of the stage's start, so a hard jump the
+    demo makes is practised where it is made; 0 = off. Evaluation always starts at the stage
+    start. Such episodes are marked 'restored', as progress starts are."""
     emulator: str = "native"
     """Emulator backend: native (this package's C core, exact to nes-py and ~10x+ faster) or
     nes-py (the reference it is checked against)."""
@@ -152,6 +160,21 @@ class EnvConfig:
             raise ValueError(f"progress_starts must be in [0, 1), got {self.progress_starts}")
         if self.progress_cells and not self.progress_starts:
             raise ValueError("progress_cells needs progress_starts > 0 (e.g. 0.5)")
+        if not 0.0 <= self.demo_starts < 1.0:
+            raise ValueError(f"demo_starts must be in [0, 1), got {self.demo_starts}")
+        if self.demo_starts and not self.demos.strip():
+            raise ValueError("demo_starts needs demos (e.g. --demos demos/1-3.json)")
+        if self.demos.strip() and not self.demo_starts:
+            raise ValueError("demos need demo_starts > 0 (e.g. --demo-starts 0.25)")
+        if self.demo_starts:
+            from .demos import demo_paths, demo_states
+
+            stages = [demo_states(path, self)[0] for path in demo_paths(self.demos)]
+            twice = sorted({s for s in stages if stages.count(s) > 1})
+            if twice:
+                raise ValueError(
+                    f"demos: two demos of stage {twice[0]} ({self.demos}); give one demo a stage"
+                )
         for name in ("time_per_stage", "stall_steps", "max_steps", "noop_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")

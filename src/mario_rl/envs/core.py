@@ -16,6 +16,7 @@ import numpy as np
 
 from .actions import BUTTONS, action_bytes
 from .config import EnvConfig
+from .demos import demo_paths, demo_states
 from .emulator import make_emulators
 from .rules import (
     BUSY_STATES,
@@ -112,7 +113,13 @@ class EmulatorGroup:
         self._bucket = np.full(n, -1, np.int64)
         self._seen: list[set[tuple]] = [set() for _ in range(n)]
         self.restored = np.zeros(n, bool)
-        """Whether env ``i``'s current episode began from a saved progress state."""
+        """Whether env ``i``'s current episode began from a saved progress or demo state."""
+        self.demo_states: dict[str, list[object]] = {}
+        """Demo starts: the states along each stage's demo (``EnvConfig.demos``)."""
+        if config.demo_starts:
+            for path in demo_paths(config.demos):
+                stage, states = demo_states(path, config)
+                self.demo_states[stage] = states
         self.prev_buttons = np.zeros(n, np.uint8)
         """Buttons of each env's last step (for ``jump_repress``)."""
         self.frames = 0
@@ -184,7 +191,9 @@ class EmulatorGroup:
         rng = self.rngs[i]
         if restart:
             stage = None if sel.game else sel.sample(rng)
-            saved = self._progress_start(stage, rng)
+            saved = self._demo_start(stage, rng)
+            if saved is None:
+                saved = self._progress_start(stage, rng)
             self.restored[i] = saved is not None
             self.emu.load_state(i, self.emu.start_state(stage) if saved is None else saved)
             k = int(rng.integers(0, self.cfg.noop_max + 1)) if self.cfg.noop_max else 0
@@ -210,6 +219,13 @@ class EmulatorGroup:
         self._seen[i] = set()
         self.emu.gray(i, self.gray[i])
         self.stack[i] = self._observe(i)
+
+    def _demo_start(self, stage: str | None, rng: np.random.Generator) -> object | None:
+        """A state along ``stage``'s demo (uniform over its steps), with chance demo_starts."""
+        states = self.demo_states.get(stage) if stage is not None else None
+        if not states or rng.random() >= self.cfg.demo_starts:
+            return None
+        return states[int(rng.integers(len(states)))]
 
     def _progress_start(self, stage: str | None, rng: np.random.Generator) -> object | None:
         """A saved state of ``stage`` to start from, or None. The bucket is drawn uniformly; a

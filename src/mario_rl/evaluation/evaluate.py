@@ -229,7 +229,9 @@ def evaluate(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     # An honest measure: every episode starts at the stage's start, never from a saved state.
-    env_config = dataclasses.replace(env_config, progress_starts=0.0, progress_cells=False)
+    env_config = dataclasses.replace(
+        env_config, progress_starts=0.0, progress_cells=False, demos="", demo_starts=0.0
+    )
     if sel.game:
         env_config = game_config(env_config)
     jobs = [("game" if sel.game else s, i) for s in sel.stages for i in range(episodes)]

@@ -60,6 +60,8 @@ def load_policy(
         # A training aid only: a loaded policy plays from the stages' starts.
         env_config.progress_starts = 0.0
         env_config.progress_cells = False
+        env_config.demos = ""
+        env_config.demo_starts = 0.0
         env_config.validate()
         _check_fits(spec, env_config)
         model = ActorCritic(spec)

@@ -1,0 +1,277 @@
+"""Demonstrations: one stage cleared by a list of actions, found by exploring from saved states
+(the first phase of Go-Explore) and replayed into start states for training (``EnvConfig.demos``).
+
+A stage such as 1-3 has one jump that random play almost never makes from the start, so PPO
+never sees the far side of it. Exploration that keeps one state per place Mario has stood and
+goes on from the rarely chosen ones reaches the flag in minutes of emulation; training episodes
+that start from states along that route (``demo_starts``) then practise the jump where it is
+made, as learning from a single demonstration does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .actions import ACTION_SETS
+from .config import EnvConfig
+from .rules import FLOAT_STATE
+from .stages import STAGES, parse_stages
+
+FORMAT = "mario-rl-demo/1"
+_CELL_PX = 32
+"""Exploration cells: states kept per (area, x // _CELL_PX, y // _CELL_PX) where Mario stands."""
+
+
+@dataclass
+class Demo:
+    """A stage cleared from its start (no no-op frames) by ``steps``, one action index a step."""
+
+    stage: str
+    actions: str
+    """Action set the indices refer to."""
+    frame_skip: int
+    jump_repress: bool
+    steps: list[int]
+    x_max: int = 0
+    """Farthest x of the run (the flag's x)."""
+    found_by: str = ""
+    """The command that found it."""
+
+    def to_dict(self) -> dict:
+        """JSON-able dict, with the format tag."""
+        return {"format": FORMAT, **dataclasses.asdict(self)}
+
+    def save(self, path: str | Path) -> None:
+        """Write as JSON through a temporary file, so a crash leaves no half-written demo."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict()) + "\n")
+        os.replace(tmp, path)
+
+
+def load_demo(path: str | Path) -> Demo:
+    """Read a demo file; ValueError (one line) when it is missing or not a mario-rl demo."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"demo {path}: no such file; give a file written by 'mario-rl explore'")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"demo {path}: not JSON ({e}); give a file written by 'mario-rl explore'"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(
+            f"demo {path}: not a {FORMAT} file; give one written by 'mario-rl explore'"
+        )
+    body = {k: v for k, v in data.items() if k != "format"}
+    known = {f.name for f in dataclasses.fields(Demo)}
+    try:
+        if set(body) - known:
+            raise TypeError(f"unknown keys {sorted(set(body) - known)}")
+        demo = Demo(**body)
+        ok = (
+            demo.stage in STAGES
+            and demo.actions in ACTION_SETS
+            and isinstance(demo.frame_skip, int)
+            and demo.frame_skip >= 1
+            and isinstance(demo.steps, list)
+            and len(demo.steps) > 0
+            and all(
+                isinstance(a, int) and 0 <= a < len(ACTION_SETS[demo.actions]) for a in demo.steps
+            )
+        )
+    except TypeError as e:
+        raise ValueError(f"demo {path}: bad fields ({e})") from None
+    if not ok:
+        raise ValueError(
+            f"demo {path}: bad fields (a stage such as 1-3, a known action set, frame_skip >= 1"
+            " and a non-empty list of action indices of that set are needed)"
+        )
+    return demo
+
+
+def demo_paths(spec: str) -> list[str]:
+    """The files of ``EnvConfig.demos`` (comma-separated)."""
+    return [p.strip() for p in spec.split(",") if p.strip()]
+
+
+def _play_config(cfg: EnvConfig, stage: str) -> EnvConfig:
+    """``cfg`` for playing one stage from its very start, with only death and the flag ending
+    the run (the route is what matters, not the training run's time or stall limits)."""
+    return dataclasses.replace(
+        cfg,
+        stages=stage,
+        noop_max=0,
+        progress_starts=0.0,
+        progress_cells=False,
+        demos="",
+        demo_starts=0.0,
+        stall_steps=0,
+        max_steps=0,
+        time_per_stage=0,
+        life_loss_ends=True,
+        flag_ends=True,
+    )
+
+
+def check_demo(demo: Demo, cfg: EnvConfig, path: str) -> None:
+    """ValueError unless ``demo`` was found with the action set, frame skip and jump rule of
+    ``cfg`` and is of one of its stages."""
+    for name in ("actions", "frame_skip", "jump_repress"):
+        if getattr(demo, name) != getattr(cfg, name):
+            raise ValueError(
+                f"demo {path}: found with {name} {getattr(demo, name)!r} but this run has"
+                f" {getattr(cfg, name)!r}; explore again with the run's settings"
+            )
+    sel = parse_stages(cfg.stages)
+    if sel.game or demo.stage not in sel.stages:
+        raise ValueError(
+            f"demo {path}: is of stage {demo.stage}, which this run ({cfg.stages}) does not"
+            " start episodes on; give demos of the run's stages"
+        )
+
+
+_REPLAYED: dict[tuple, list[object]] = {}
+
+
+def demo_states(path: str, cfg: EnvConfig) -> tuple[str, list[object]]:
+    """The demo's stage and the emulator states along it (the start, then after each step but
+    the last). ValueError when the file is bad or the actions do not reach the flag."""
+    from .core import EmulatorGroup  # the group is built on this module's config
+
+    demo = load_demo(path)
+    check_demo(demo, cfg, path)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size, cfg.emulator, cfg.actions)
+    if key in _REPLAYED:
+        return demo.stage, _REPLAYED[key]
+    group = EmulatorGroup(_play_config(cfg, demo.stage), 1, [0])
+    try:
+        group.reset()
+        states = [group.emu.dump_state(0)]
+        for k, a in enumerate(demo.steps):
+            res = group.step(np.array([a]))
+            if 0 in res.finished:
+                info = res.finished[0]
+                if info["flag"] and k == len(demo.steps) - 1:
+                    _REPLAYED[key] = states
+                    return demo.stage, states
+                raise ValueError(
+                    f"demo {path}: the episode ends at step {k + 1} of {len(demo.steps)}"
+                    f" ({info['reason']} at x {info['x_end']}) instead of at the flag;"
+                    " explore again with this version"
+                )
+            states.append(group.emu.dump_state(0))
+    finally:
+        group.close()
+    raise ValueError(
+        f"demo {path}: its {len(demo.steps)} steps end at x {group.episodes[0].x}, short of the"
+        " flag; explore again with this version"
+    )
+
+
+@dataclass
+class _Cell:
+    state: object
+    path: list[int]
+    x: int
+    chosen: int = 0
+
+
+@dataclass
+class ExploreResult:
+    """What :func:`explore` did: the demo (None when the budget ran out) and its counts."""
+
+    demo: Demo | None
+    steps: int
+    cells: int
+    x_max: int
+
+
+def explore(
+    cfg: EnvConfig,
+    stage: str,
+    seed: int = 0,
+    max_steps: int = 2_000_000,
+    burst: int = 60,
+    repeat: float = 0.9,
+    x_bias: float = 3.0,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> ExploreResult:
+    """Search for a route to ``stage``'s flag with random play from an archive of states.
+
+    The archive keeps, per (area, x cell, y cell) where Mario stands, the state reached by the
+    shortest action list. Each round picks a cell with weight 1/sqrt(1 + times chosen) times
+    (1 + x / farthest x) ** ``x_bias`` (on 1-1 and 1-3, 3 found the flag in about half the steps
+    of 0, three seeds each), restores it and plays ``burst`` random steps, an action repeated
+    with chance ``repeat`` (jumps need A held). It ends at the first flag or after ``max_steps``
+    agent steps. ``on_progress(steps,
+    cells, x_max)`` is called about every 10k steps.
+    """
+    from .core import EmulatorGroup
+
+    play = _play_config(cfg, stage)
+    group = EmulatorGroup(play, 1, [seed])
+    rng = np.random.default_rng(seed)
+    n_actions = len(ACTION_SETS[cfg.actions])
+    try:
+        group.reset()
+        ep = group.episodes[0]
+        archive: dict[tuple, _Cell] = {
+            (ep.area, ep.x // _CELL_PX, ep.y // _CELL_PX): _Cell(group.emu.dump_state(0), [], ep.x)
+        }
+        steps, x_max, report = 0, ep.x, 10_000
+        while steps < max_steps:
+            cells = list(archive.values())
+            w = 1.0 / np.sqrt(1.0 + np.array([c.chosen for c in cells], np.float64))
+            x = np.array([c.x for c in cells], np.float64)
+            w *= (1.0 + x / max(x.max(), 1.0)) ** x_bias
+            cell = cells[int(rng.choice(len(cells), p=w / w.sum()))]
+            cell.chosen += 1
+            group.emu.load_state(0, cell.state)
+            group.reset_env(0, restart=False)
+            path = list(cell.path)
+            a = int(rng.integers(n_actions))
+            for _ in range(burst):
+                if rng.random() >= repeat:
+                    a = int(rng.integers(n_actions))
+                res = group.step(np.array([a]))
+                steps += 1
+                path.append(a)
+                if 0 in res.finished:
+                    info = res.finished[0]
+                    x_max = max(x_max, info["x_max"])
+                    if info["flag"]:
+                        demo = Demo(
+                            stage,
+                            cfg.actions,
+                            cfg.frame_skip,
+                            cfg.jump_repress,
+                            path,
+                            x_max=info["x_max"],
+                        )
+                        return ExploreResult(demo, steps, len(archive), x_max)
+                    break
+                ep = group.episodes[0]
+                x_max = max(x_max, ep.x)
+                if group.emu.rams[0][FLOAT_STATE] != 0:
+                    continue
+                key = (ep.area, ep.x // _CELL_PX, ep.y // _CELL_PX)
+                old = archive.get(key)
+                if old is None or len(path) < len(old.path):
+                    chosen = 0 if old is None else old.chosen
+                    archive[key] = _Cell(group.emu.dump_state(0), list(path), ep.x, chosen)
+            if on_progress is not None and steps >= report:
+                report += 10_000
+                on_progress(steps, len(archive), x_max)
+        return ExploreResult(None, steps, len(archive), x_max)
+    finally:
+        group.close()

@@ -1,0 +1,146 @@
+"""Demos: exploring to a flag, the demo file, its replay, and training episodes started along it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mario_rl.envs import EnvConfig
+from mario_rl.envs.core import EmulatorGroup
+from mario_rl.envs.demos import Demo, demo_states, explore, load_demo
+
+ROOT = Path(__file__).parents[1]
+DEMO_1_3 = ROOT / "demos" / "1-3.json"
+# The cpu-1-1 preset's environment, which the committed demo was found with.
+CFG = EnvConfig(stages="1-3", actions="right-only", size=64)
+
+
+def test_the_committed_1_3_demo_replays_to_the_flag_with_a_state_per_step() -> None:
+    demo = load_demo(DEMO_1_3)
+    stage, states = demo_states(str(DEMO_1_3), CFG)
+    assert stage == "1-3" and len(states) == len(demo.steps)
+    # The last state plus the last action is the flag.
+    group = EmulatorGroup(dataclasses.replace(CFG, noop_max=0), 1, [0])
+    group.reset()
+    group.emu.load_state(0, states[-1])
+    group.reset_env(0, restart=False)
+    assert group.episodes[0].x > 2300
+    res = group.step(np.array([demo.steps[-1]]))
+    assert res.finished[0]["flag"]
+    group.emu.load_state(0, states[0])  # the first is the stage's start
+    group.reset_env(0, restart=False)
+    assert group.episodes[0].x < 100
+    group.close()
+
+
+def test_a_demo_that_stops_short_or_dies_is_refused(tmp_path: Path) -> None:
+    demo = load_demo(DEMO_1_3)
+    short = dataclasses.replace(demo, steps=demo.steps[:40])
+    short.save(tmp_path / "short.json")
+    with pytest.raises(ValueError, match=r"40 steps end at x \d+, short of the flag"):
+        demo_states(str(tmp_path / "short.json"), CFG)
+    # Walking right without jumping: Mario falls before the route is done.
+    walk = dataclasses.replace(demo, steps=[1] * 300)
+    walk.save(tmp_path / "walk.json")
+    with pytest.raises(ValueError, match=r"ends at step \d+ of 300 \(death at x \d+\) instead"):
+        demo_states(str(tmp_path / "walk.json"), CFG)
+
+
+_GOOD = {"format": "mario-rl-demo/1", "stage": "1-3", "actions": "right-only", "frame_skip": 4}
+_GOOD |= {"jump_repress": False, "steps": [1]}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"no such file"),
+        ("{", r"not JSON"),
+        ("[1]", r"not a mario-rl-demo/1 file"),
+        (json.dumps(_GOOD | {"format": "mario-rl-demo/2"}), r"not a mario-rl-demo/1 file"),
+        ('{"format": "mario-rl-demo/1", "stage": "1-3"}', r"bad fields"),
+        (json.dumps(_GOOD | {"stage": "9-9"}), r"bad fields"),
+        (json.dumps(_GOOD | {"steps": [5]}), r"bad fields"),
+        (json.dumps(_GOOD | {"steps": []}), r"bad fields"),
+        (json.dumps(_GOOD | {"frame_skip": 0}), r"bad fields"),
+        (json.dumps(_GOOD | {"evil": 1}), r"unknown keys"),
+    ],
+)
+def test_bad_demo_files_get_a_one_line_error(tmp_path: Path, content: str | None, message: str):
+    path = tmp_path / "d.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=message) as e:
+        load_demo(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_good_demo_file_loads(tmp_path: Path) -> None:
+    (tmp_path / "d.json").write_text(json.dumps(_GOOD))
+    assert load_demo(tmp_path / "d.json").steps == [1]
+
+
+def test_demo_starts_begin_episodes_along_the_demo_only_on_its_stage() -> None:
+    cfg = dataclasses.replace(
+        CFG, stages="1-1,1-3", demos=str(DEMO_1_3), demo_starts=0.5, noop_max=0
+    )
+    cfg.validate()
+    group = EmulatorGroup(cfg, 1, [3])
+    group.reset()
+    starts: dict[str, list[tuple[bool, int]]] = {"1-1": [], "1-3": []}
+    for _ in range(200):
+        group.reset_env(0)
+        ep = group.episodes[0]
+        starts[ep.stage].append((bool(group.restored[0]), ep.x))
+    group.close()
+    assert not any(r for r, _ in starts["1-1"])  # no demo of 1-1
+    demo_xs = [x for r, x in starts["1-3"] if r]
+    assert 0.3 < len(demo_xs) / len(starts["1-3"]) < 0.7
+    # Drawn along the whole route: from near the start to near the flag.
+    assert min(demo_xs) < 500 and max(demo_xs) > 1500
+    assert all(x < 100 for r, x in starts["1-3"] if not r)
+
+
+def test_a_loaded_policy_plays_from_the_stage_start_without_its_demo_files(tmp_path: Path):
+    """A model trained with demos loads and evaluates where the demo files are not (another
+    machine): demos are a training aid and evaluation never starts from them."""
+    from checkpoints import fresh_checkpoint
+    from mario_rl.evaluation.evaluate import evaluate
+    from mario_rl.evaluation.policy import load_policy
+
+    env = dataclasses.replace(CFG, demos="elsewhere/1-3.json", demo_starts=0.5)
+    policy = load_policy(str(fresh_checkpoint(tmp_path / "ck", env)))
+    assert policy.env_config.demos == "" and policy.env_config.demo_starts == 0.0
+    report = evaluate(policy, env, "1-3", episodes=1, seed=0)
+    assert report["1-3"].episodes[0].x_max < 1000  # an untrained model, from the start
+
+
+def test_explore_is_reproducible_and_keeps_the_shortest_route_per_cell() -> None:
+    a = explore(CFG, "1-1", seed=5, max_steps=3000)
+    b = explore(CFG, "1-1", seed=5, max_steps=3000)
+    assert a.demo is None and a.steps >= 3000
+    assert (a.steps, a.cells, a.x_max) == (b.steps, b.cells, b.x_max)
+    assert a.cells > 10 and a.x_max > 400
+
+
+def test_explore_then_train_from_the_demo_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    """The explore command finds 1-1's flag and writes a demo a training run then starts from."""
+    from mario_rl.cli import main
+    from tiny_runs import SMALL
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["explore", "--stage", "1-1", "--out", "d.json", "--seed", "1"]) == 0
+    demo = json.loads((tmp_path / "d.json").read_text())
+    assert demo["stage"] == "1-1" and demo["actions"] == "right-only"
+    assert demo["found_by"].startswith("mario-rl explore --stage 1-1")
+    assert isinstance(load_demo("d.json"), Demo)
+    args = ["train", *SMALL, "--total-steps", "128", "--demos", "d.json", "--demo-starts", "0.5"]
+    args += ["--run-dir", "r"]
+    assert main(args) == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows and max(r["step"] for r in rows) > 0
