@@ -326,7 +326,11 @@ def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra)
         "teachers",
         "teacher_coef",
         "teacher_steps",
+        "demo_bc",
+        "demo_bc_batch",
+        "demo_bc_steps",
     }
+    assert not job.ppo.demo_bc
     assert_env_recipe(job.env.to_dict(), meta["env_config"])
     # A resumed leg may set its own run options (ppo-lstm-1-1's second leg stopped at 19 of 20
     # episodes to pick a checkpoint that clears reliably); the first leg ran the preset's.

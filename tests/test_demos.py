@@ -11,7 +11,7 @@ import pytest
 
 from mario_rl.envs import EnvConfig
 from mario_rl.envs.core import EmulatorGroup
-from mario_rl.envs.demos import Demo, demo_states, explore, load_demo
+from mario_rl.envs.demos import Demo, demo_pairs, demo_states, explore, load_demo
 
 ROOT = Path(__file__).parents[1]
 DEMO_1_3 = ROOT / "demos" / "1-3.json"
@@ -138,9 +138,55 @@ def test_explore_then_train_from_the_demo_end_to_end(tmp_path: Path, monkeypatch
     assert demo["found_by"].startswith("mario-rl explore --stage 1-1")
     assert isinstance(load_demo("d.json"), Demo)
     args = ["train", *SMALL, "--total-steps", "128", "--demos", "d.json", "--demo-starts", "0.5"]
-    args += ["--run-dir", "r"]
+    args += ["--demo-bc", "0.5", "--run-dir", "r"]
     assert main(args) == 0
     rows = [
         json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     ]
     assert rows and max(r["step"] for r in rows) > 0
+    learned = [r for r in rows if "losses/demo_bc" in r]
+    assert learned and all(r["charts/demo_bc"] == 0.5 and r["losses/demo_bc"] > 0 for r in learned)
+
+
+def test_demo_pairs_are_the_route_replayed_after_several_delays() -> None:
+    demo = load_demo(DEMO_1_3)
+    obs, actions = demo_pairs(str(DEMO_1_3), CFG, delays=(0, 7))
+    n = len(demo.steps)
+    assert obs.shape == (2 * n, CFG.frame_stack, CFG.size, CFG.size) and obs.dtype == np.uint8
+    assert actions.tolist() == demo.steps * 2
+    group = EmulatorGroup(dataclasses.replace(CFG, noop_max=0), 1, [0])
+    try:
+        first = group.reset()[0]
+        after = group.step(np.array([demo.steps[0]])).obs[0]
+    finally:
+        group.close()
+    assert np.array_equal(obs[0], first) and np.array_equal(obs[1], after)
+    assert not np.array_equal(obs[n], first)  # seven no-op steps later the screen has moved on
+
+
+def test_demo_bc_pulls_the_policy_toward_the_demo_actions_and_decays() -> None:
+    import torch
+
+    from mario_rl.algos.ppo import PPO
+    from mario_rl.config.ppo import PPOConfig
+
+    cfg = PPOConfig(num_envs=2, rollout_steps=16, minibatch_size=16, epochs=1, network="small")
+    cfg.demo_bc, cfg.demo_bc_steps, cfg.lr = 1.0, 1000, 1e-3
+    ppo = PPO(cfg, obs_shape=(4, 36, 36), n_actions=7)
+    assert ppo.current_demo_bc() == 0.0  # no demos given
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 256, (8, 4, 36, 36), dtype=np.uint8)
+    ppo.set_demos(obs, np.full(8, 3, np.int64))
+    with torch.no_grad():
+        before = ppo.model(torch.from_numpy(obs)).logits.softmax(-1)[:, 3].mean()
+    for _ in range(10):
+        ppo.fill_random_rollout()
+        metrics = ppo.learn()
+    with torch.no_grad():
+        after = ppo.model(torch.from_numpy(obs)).logits.softmax(-1)[:, 3].mean()
+    assert metrics["charts/demo_bc"] == 1.0 and metrics["losses/demo_bc"] > 0
+    assert after > before + 0.2
+    ppo.global_step = 250
+    assert ppo.current_demo_bc() == 0.75
+    ppo.global_step = 5000
+    assert ppo.current_demo_bc() == 0.0

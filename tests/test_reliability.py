@@ -246,6 +246,9 @@ CASES: dict[str, list[Case]] = {
         Case("train --progress-cells", r"progress_cells needs progress_starts", r"e\.g\. 0\.5"),
         Case("train --demo-starts 0.5", r"demo_starts needs demos", r"--demos demos/1-3\.json"),
         Case("train --demos D13.json", r"demos need demo_starts > 0", r"--demo-starts 0\.25"),
+        Case("train --demo-bc 0.5", r"demo_bc needs demos", r"--demos demos/1-3\.json"),
+        Case("train --demo-bc -1", r"got -1\.0", r"finite number >= 0"),
+        Case("train --demo-bc-batch 0", r"got 0", r"positive integer"),
         Case("train --demos D13.json --demo-starts 1.5", r"got 1\.5", r"\[0, 1\)"),
         Case("train --demos NOPE.json --demo-starts 0.5", r"no such file", r"mario-rl explore"),
         Case("train --demos FILE --demo-starts 0.5", r"not JSON", r"mario-rl explore"),
@@ -313,6 +316,7 @@ CASES: dict[str, list[Case]] = {
             r"multiple of bptt_len 32",
         ),
         Case("train --algo ppo-lstm --lstm-hidden 0", r"lstm_hidden .* got 0", r"positive"),
+        Case("train --algo ppo-lstm --demo-bc 1", r"not ppo-lstm", r"--algo ppo or ppo-rnd"),
     ],
     "train ppo-rnd": [
         Case("train --algo ppo-rnd --rnd-update-proportion 0", r"got 0", r"in \(0, 1\]"),

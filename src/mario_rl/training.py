@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from .algos.a3g_worker import EpisodeMsg, ErrorMsg, ExitMsg, NonFiniteMsg, UpdateMsg, WorkerMessage
 from .algos.ppo import PPO
 from .algos.ppo_family import make_ppo
@@ -25,8 +27,9 @@ from .algos.teachers import Teachers, load_teachers
 from .config.a3g import A3GConfig
 from .config.jobs import A3GJob, TrainJob, with_last_guidance
 from .devices import check_device, set_threads
-from .envs import make_vector_env, parse_stages
+from .envs import EnvConfig, make_vector_env, parse_stages
 from .envs.actions import action_meanings
+from .envs.demos import demo_pairs, demo_paths
 from .errors import one_line
 from .io.checkpoint import load_checkpoint, strip_prefix
 from .models import ModelSpec, build_model, model_spec
@@ -167,6 +170,12 @@ def _teachers(job: TrainJob) -> Teachers | None:
     )
 
 
+def _demo_pairs(env: EnvConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Every demo's (observation, action) pairs, for behaviour cloning (``PPOConfig.demo_bc``)."""
+    pairs = [demo_pairs(path, env) for path in demo_paths(env.demos)]
+    return np.concatenate([o for o, _ in pairs]), np.concatenate([a for _, a in pairs])
+
+
 def train(
     job: TrainJob,
     total_steps_given: int | None = None,
@@ -199,6 +208,8 @@ def train(
     envs = make_vector_env(job.env, num_envs=cfg.num_envs, workers=job.workers, seed=cfg.seed)
     ppo = make_ppo(cfg, envs, collective=collective)
     ppo.set_teachers(teachers)
+    if job.ppo.demo_bc:
+        ppo.set_demos(*_demo_pairs(job.env))
     meta = None
     if checkpoint is not None:
         tensors, meta = checkpoint

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mario_rl.algos.collect import Collector
@@ -147,6 +148,9 @@ class PPO:
         )
         self.teachers: Teachers | None = None
         """Kickstarting teachers by stage (``cfg.teachers``, set by the caller: :meth:`set_teachers`)."""
+        self.demo_obs: Tensor | None = None
+        """Demo observations (N, C, H, W) uint8 to clone (``cfg.demo_bc``; :meth:`set_demos`)."""
+        self.demo_actions: Tensor | None = None
         self.curriculum: Curriculum | None = None
         """The stage curriculum (``cfg.curriculum`` with an env), else None."""
         self._stages: StageSelection | None = None
@@ -170,6 +174,33 @@ class PPO:
         """Frozen teachers whose action distributions the update pulls the model toward on
         their stages' samples (:func:`mario_rl.algos.teachers.load_teachers`); None: none."""
         self.teachers = teachers
+
+    def set_demos(self, obs: np.ndarray, actions: np.ndarray) -> None:
+        """The (observation, action) pairs of the demos' routes that ``cfg.demo_bc`` clones
+        (:func:`mario_rl.envs.demos.demo_pairs`)."""
+        self.demo_obs = torch.from_numpy(obs).to(self.device)
+        self.demo_actions = torch.from_numpy(actions).long().to(self.device)
+
+    def current_demo_bc(self) -> float:
+        """Weight of the demo behaviour-cloning term for the next update."""
+        cfg = self.cfg
+        if self.demo_obs is None:
+            return 0.0
+        if cfg.demo_bc_steps:
+            return cfg.demo_bc * max(0.0, 1.0 - self.global_step / cfg.demo_bc_steps)
+        return cfg.demo_bc
+
+    def _demo_bc_loss(self) -> Tensor:
+        """Cross-entropy of the policy against the demos' actions on a random draw of pairs."""
+        assert self.demo_obs is not None and self.demo_actions is not None
+        j = torch.randint(len(self.demo_obs), (self.cfg.demo_bc_batch,), generator=self.gen)
+        j = j.to(self.device)
+        if self.autocast is None:
+            logits = self.model(self.demo_obs[j]).logits
+        else:
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                logits = self.model(self.demo_obs[j]).logits
+        return F.cross_entropy(logits.float(), self.demo_actions[j])
 
     def current_teacher_coef(self) -> float:
         """Weight of the teachers' KL term for the next update."""
@@ -307,6 +338,7 @@ class PPO:
         b_actions, b_logprobs = flat(buf.actions), flat(buf.logprobs)
         b_adv, b_returns = flat(buf.advantages), flat(buf.returns)
         teacher_coef = self.current_teacher_coef() if self.teachers is not None else 0.0
+        demo_bc = self.current_demo_bc()
         if teacher_coef > 0:
             assert self.teachers is not None
             t_logp, t_mask = self.teachers.log_probs(
@@ -341,6 +373,9 @@ class PPO:
                         out.logits.reshape(-1, self.n_actions), t_logp[idx], t_mask[idx]
                     )
                     loss = loss + teacher_coef * term
+                if demo_bc > 0:
+                    terms["demo_bc"] = self._demo_bc_loss()
+                    loss = loss + demo_bc * terms["demo_bc"]
 
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -384,6 +419,8 @@ class PPO:
             metrics["charts/teacher_coef"] = teacher_coef
             if teacher_coef > 0:
                 metrics["charts/teacher_share"] = float(t_mask.float().mean())
+        if self.demo_obs is not None:
+            metrics["charts/demo_bc"] = demo_bc
         # The subclasses' own loss terms (the LSTM penalty; RND's predictor and intrinsic value).
         metrics |= {f"losses/{k}": v for k, v in means.items() if k not in _REPORTED}
         return metrics

@@ -135,6 +135,10 @@ class TrainJob:
         """ValueError (one line) on a bad option of any part, or a curriculum without a set of
         stages to weigh."""
         _validate(self.env, self.ppo, self.run)
+        if self.ppo.demo_bc and not self.env.demos:
+            raise ValueError(
+                "demo_bc needs demos to clone (e.g. --demos demos/1-3.json --demo-starts 0.25)"
+            )
         if self.ppo.curriculum:
             check_curriculum_stages(parse_stages(self.env.stages))
 

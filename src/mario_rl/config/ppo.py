@@ -133,6 +133,14 @@ class PPOConfig:
     """Weight of the teachers' KL term in the loss."""
     teacher_steps: int = 0
     """Agent steps over which teacher_coef decays linearly to 0 (0: it never decays)."""
+    demo_bc: float = 0.0
+    """Behaviour cloning on the env's demos (--demos): each minibatch's loss adds demo_bc times
+    the cross-entropy of the model's policy against the demos' actions on demo_bc_batch
+    (observation, action) pairs of their routes. 0 = off. PPO and PPO+RND."""
+    demo_bc_batch: int = 64
+    """Demo pairs drawn for each minibatch's behaviour-cloning term."""
+    demo_bc_steps: int = 0
+    """Agent steps over which demo_bc decays linearly to 0 (0: it never decays)."""
     network: Literal["nature", "small", "impala"] = "small"
     """Encoder: 'small' (16-32-32 convs + 256 features, ~2.5x faster to train than Nature on CPU),
     'nature' (the DQN Nature CNN, 512 features) or 'impala' (IMPALA ResNet 16-32-32; slow on CPU)."""
@@ -251,6 +259,17 @@ class PPOConfig:
                     f"--teachers works with --algo ppo or ppo-rnd, not {self.algo}"
                     " (its samples are single steps, a recurrent model's are sequences)"
                 )
+        if not 0 <= self.demo_bc < float("inf"):
+            raise ValueError(f"demo_bc must be a finite number >= 0, got {self.demo_bc}")
+        if self.demo_bc and self.algo not in ("ppo", "ppo-rnd"):
+            raise ValueError(
+                f"--demo-bc works with --algo ppo or ppo-rnd, not {self.algo}"
+                " (its samples are single steps, a recurrent model's are sequences)"
+            )
+        if self.demo_bc_batch < 1:
+            raise ValueError(f"demo_bc_batch must be a positive integer, got {self.demo_bc_batch}")
+        if self.demo_bc_steps < 0:
+            raise ValueError(f"demo_bc_steps must be >= 0 (0: no decay), got {self.demo_bc_steps}")
         if not self.teacher_coef >= 0:
             raise ValueError(f"teacher_coef must be >= 0, got {self.teacher_coef}")
         if self.teacher_steps < 0:

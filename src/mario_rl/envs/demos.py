@@ -178,6 +178,38 @@ def demo_states(path: str, cfg: EnvConfig) -> tuple[str, list[object]]:
     )
 
 
+def demo_pairs(
+    path: str, cfg: EnvConfig, delays: tuple[int, ...] = (0, 2, 5, 9, 14)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Behaviour-cloning data of one demo: (observations (N, frame_stack, size, size) uint8,
+    the demo's action at each (N,) int64). The route is replayed after each of ``delays``
+    no-op steps, so the enemies stand elsewhere as after a random no-op start; a replay that
+    no longer reaches the flag (an enemy in the way) is left out. Delay 0 always reaches it
+    (:func:`demo_states` checks)."""
+    from .core import EmulatorGroup
+
+    demo_states(path, cfg)  # the file, its settings and its route are checked here
+    demo = load_demo(path)
+    obs: list[np.ndarray] = []
+    for delay in delays:
+        group = EmulatorGroup(_play_config(cfg, demo.stage), 1, [0])
+        try:
+            frames = [group.reset()[0]]
+            for _ in range(delay):
+                frames = [group.step(np.array([0])).obs[0]]
+            for a in demo.steps:
+                res = group.step(np.array([a]))
+                if 0 in res.finished:
+                    break
+                frames.append(res.obs[0])
+        finally:
+            group.close()
+        if 0 in res.finished and res.finished[0]["flag"]:
+            obs.extend(frames)
+    actions = np.tile(np.asarray(demo.steps, np.int64), len(obs) // len(demo.steps))
+    return np.stack(obs), actions
+
+
 @dataclass
 class _Cell:
     state: object
