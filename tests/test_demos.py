@@ -190,3 +190,11 @@ def test_demo_bc_pulls_the_policy_toward_the_demo_actions_and_decays() -> None:
     assert ppo.current_demo_bc() == 0.75
     ppo.global_step = 5000
     assert ppo.current_demo_bc() == 0.0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "demos").glob("*.json")), ids=lambda p: p.stem)
+def test_every_committed_demo_replays_to_its_stage_flag(path: Path) -> None:
+    demo = load_demo(path)
+    assert path.stem == demo.stage and demo.found_by.startswith("mario-rl explore")
+    stage, states = demo_states(str(path), dataclasses.replace(CFG, stages=demo.stage))
+    assert stage == demo.stage and len(states) == len(demo.steps)

@@ -31,9 +31,12 @@ RESUME_MACHINE_FIELDS = frozenset(
 """Algorithm options a resumed run takes from its command line: the step budget and how the
 machine runs it (threads, devices, log cadence), which change nothing the model learns from."""
 
-RESUME_GUIDANCE_FIELDS = frozenset({"teachers", "teacher_coef", "teacher_steps"})
-"""Options a resumed run may also change: the kickstarting teachers, so that a run going on
-across sessions takes in the teachers trained since (they guide the model, they are not in it)."""
+RESUME_GUIDANCE_FIELDS = frozenset(
+    {"teachers", "teacher_coef", "teacher_steps", "demo_bc", "demo_bc_steps", "demo_bc_batch"}
+)
+"""Options a resumed run may also change: the kickstarting teachers and the weight of demo
+cloning, so that a run going on across sessions takes in the teachers trained since and eases
+off the demos (they guide the model, they are not in it)."""
 
 
 def with_last_guidance(
