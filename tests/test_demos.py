@@ -11,7 +11,7 @@ import pytest
 
 from mario_rl.envs import EnvConfig
 from mario_rl.envs.core import EmulatorGroup
-from mario_rl.envs.demos import Demo, demo_pairs, demo_states, explore, load_demo
+from mario_rl.envs.demos import Demo, _replay, demo_pairs, demo_states, explore, load_demo
 
 ROOT = Path(__file__).parents[1]
 DEMO_1_3 = ROOT / "demos" / "1-3.json"
@@ -21,12 +21,14 @@ CFG = EnvConfig(stages="1-3", actions="right-only", size=64)
 
 def test_the_committed_1_3_demo_replays_to_the_flag_with_a_state_per_step() -> None:
     demo = load_demo(DEMO_1_3)
+    n = len(demo.steps)
     stage, states = demo_states(str(DEMO_1_3), CFG)
-    assert stage == "1-3" and len(states) == len(demo.steps)
-    # The last state plus the last action is the flag.
+    # One state per step of each replay that reaches the flag, the undelayed one first.
+    assert stage == "1-3" and len(states) % n == 0 and len(states) >= 2 * n
+    # The undelayed replay's last state plus the last action is the flag.
     group = EmulatorGroup(dataclasses.replace(CFG, noop_max=0), 1, [0])
     group.reset()
-    group.emu.load_state(0, states[-1])
+    group.emu.load_state(0, states[n - 1])
     group.reset_env(0, restart=False)
     assert group.episodes[0].x > 2300
     res = group.step(np.array([demo.steps[-1]]))
@@ -46,7 +48,7 @@ def test_a_demo_that_stops_short_or_dies_is_refused(tmp_path: Path) -> None:
     # Walking right without jumping: Mario falls before the route is done.
     walk = dataclasses.replace(demo, steps=[1] * 300)
     walk.save(tmp_path / "walk.json")
-    with pytest.raises(ValueError, match=r"ends at step \d+ of 300 \(death at x \d+\) instead"):
+    with pytest.raises(ValueError, match=r"300 steps end with death at x \d+ on step \d+, not at"):
         demo_states(str(tmp_path / "walk.json"), CFG)
 
 
@@ -66,6 +68,8 @@ _GOOD |= {"jump_repress": False, "steps": [1]}
         (json.dumps(_GOOD | {"steps": [5]}), r"bad fields"),
         (json.dumps(_GOOD | {"steps": []}), r"bad fields"),
         (json.dumps(_GOOD | {"frame_skip": 0}), r"bad fields"),
+        (json.dumps(_GOOD | {"noops": -1}), r"bad fields"),
+        (json.dumps(_GOOD | {"noops": 256}), r"bad fields"),
         (json.dumps(_GOOD | {"evil": 1}), r"unknown keys"),
     ],
 )
@@ -150,10 +154,11 @@ def test_explore_then_train_from_the_demo_end_to_end(tmp_path: Path, monkeypatch
 
 def test_demo_pairs_are_the_route_replayed_after_several_delays() -> None:
     demo = load_demo(DEMO_1_3)
-    obs, actions = demo_pairs(str(DEMO_1_3), CFG, delays=(0, 7))
+    obs, actions = demo_pairs(str(DEMO_1_3), CFG)
     n = len(demo.steps)
-    assert obs.shape == (2 * n, CFG.frame_stack, CFG.size, CFG.size) and obs.dtype == np.uint8
-    assert actions.tolist() == demo.steps * 2
+    k = len(obs) // n
+    assert obs.shape == (k * n, CFG.frame_stack, CFG.size, CFG.size) and obs.dtype == np.uint8
+    assert k >= 2 and actions.tolist() == demo.steps * k
     group = EmulatorGroup(dataclasses.replace(CFG, noop_max=0), 1, [0])
     try:
         first = group.reset()[0]
@@ -161,7 +166,7 @@ def test_demo_pairs_are_the_route_replayed_after_several_delays() -> None:
     finally:
         group.close()
     assert np.array_equal(obs[0], first) and np.array_equal(obs[1], after)
-    assert not np.array_equal(obs[n], first)  # seven no-op steps later the screen has moved on
+    assert not np.array_equal(obs[:n], obs[n : 2 * n])  # a delayed replay sees other screens
 
 
 def test_demo_bc_pulls_the_policy_toward_the_demo_actions_and_decays() -> None:
@@ -195,6 +200,28 @@ def test_demo_bc_pulls_the_policy_toward_the_demo_actions_and_decays() -> None:
 @pytest.mark.parametrize("path", sorted((ROOT / "demos").glob("*.json")), ids=lambda p: p.stem)
 def test_every_committed_demo_replays_to_its_stage_flag(path: Path) -> None:
     demo = load_demo(path)
-    assert path.stem == demo.stage and demo.found_by.startswith("mario-rl explore")
-    stage, states = demo_states(str(path), dataclasses.replace(CFG, stages=demo.stage))
-    assert stage == demo.stage and len(states) == len(demo.steps)
+    assert path.stem in (demo.stage, f"{demo.stage}-n{demo.noops:02d}")
+    assert demo.found_by.startswith("mario-rl explore") and path.name in demo.found_by
+    # Its own replay reaches the flag (training replays it after more no-op frames too).
+    assert _replay(demo, dataclasses.replace(CFG, stages=demo.stage), 0).flag
+
+
+def test_a_directory_of_demos_gives_those_of_the_run_stages(tmp_path: Path) -> None:
+    from mario_rl.envs.demos import demo_paths
+
+    for name in ("1-3.json", "1-3-n01.json", "2-1.json"):
+        stage = name[:3]
+        (tmp_path / name).write_text(json.dumps(_GOOD | {"stage": stage}))
+    (tmp_path / "notes.txt").write_text("not a demo")
+    got = demo_paths(f"{tmp_path},x.json", "1-3,4-1")
+    assert got == [str(tmp_path / "1-3-n01.json"), str(tmp_path / "1-3.json"), "x.json"]
+    assert len(demo_paths(str(tmp_path))) == 3  # all stages
+
+
+def test_noops_give_another_start_and_replays_keep_them() -> None:
+    """A route found after no-op frames is replayed after the same frames (the enemies' timing
+    against Mario depends on the frame the play starts at)."""
+    d0 = explore(CFG, "1-4", seed=0, max_steps=60_000)
+    d3 = explore(CFG, "1-4", seed=0, max_steps=60_000, noops=3)
+    assert d0.demo is not None and d3.demo is not None and d3.demo.noops == 3
+    assert d0.demo.steps != d3.demo.steps

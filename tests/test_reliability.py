@@ -178,6 +178,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "D13.json").write_text(json.dumps(demo))
     (w / "D13_COMPLEX.json").write_text(json.dumps(demo | {"actions": "complex"}))
     (w / "D13_SHORT.json").write_text(json.dumps(demo | {"steps": demo["steps"][:100]}))
+    (w / "DEMOS").mkdir()
+    (w / "DEMOS" / "1-3.json").write_text(json.dumps(demo))
     return w
 
 
@@ -265,8 +267,13 @@ CASES: dict[str, list[Case]] = {
         ),
         Case(
             "train --stages 1-3 --demos D13.json,D13.json --demo-starts 0.5",
-            r"two demos of stage 1-3",
-            r"one demo a stage",
+            r"D13.json is listed twice",
+            r"give each demo once",
+        ),
+        Case(
+            "train --stages 2-1 --demos DEMOS --demo-starts 0.5",
+            r"no demo in DEMOS is of the run's stages \(2-1\)",
+            r"mario-rl explore --stage",
         ),
         Case("train --envs 0", r"num_envs .* got 0", r"positive integer"),
         Case("train --envs -3", r"num_envs .* got -3", r"positive integer"),
@@ -405,6 +412,8 @@ CASES: dict[str, list[Case]] = {
         Case("explore --stage 1-3 --out NODIR/d.json", r"NODIR does not exist", r"--out"),
         Case("explore --stage 1-3 --out d.json --budget 0", r"got '0'", r"whole number > 0"),
         Case("explore --stage 1-3 --out d.json --x-bias -1", r"got '-1'", r"number >= 0"),
+        Case("explore --stage 1-3 --out d.json --noops -1", r"got '-1'", r"whole number >= 0"),
+        Case("explore --stage 1-3 --out d.json --noops 300", r"300 is too many", r"0-255"),
         Case("explore --stage 1-3 --out d.json --preset nope", r"unknown preset", r"available"),
         Case("explore --stage 1-3 --out d.json --actions x", r"unknown action set", r"one of"),
     ],

@@ -19,6 +19,7 @@ from .cliargs import (
     Parser,
     UsageError,
     nonnegative_float,
+    nonnegative_int,
     positive_float,
     positive_int,
     stage_list,
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="agent steps to explore before giving up (default 2000000)")  # fmt: skip
     xp.add_argument("--x-bias", type=nonnegative_float("--x-bias"), default=3.0,
                     help="favour cells farther right: weight (1 + x / farthest x) ** X-BIAS (default 3; 0 = count-based only)")  # fmt: skip
+    xp.add_argument("--noops", type=nonnegative_int("--noops"), default=0,
+                    help="no-op frames before play starts, for a route at other enemy timings (0-255, default 0)")  # fmt: skip
     _env_args(xp)
 
     cli_media.add_parsers(sub)  # eval, record, export, plot, play
@@ -392,11 +395,13 @@ def _explore(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .config import load_preset, preset_sections
-    from .envs.demos import explore
+    from .envs.demos import MAX_NOOPS, explore
     from .envs.stages import STAGES
 
     if ns.stage not in STAGES:
         raise UsageError(f"--stage: {ns.stage!r} is not a stage; give one such as 1-3 (1-1 … 8-4)")
+    if ns.noops > MAX_NOOPS:
+        raise UsageError(f"--noops: {ns.noops} is too many; give 0-{MAX_NOOPS} no-op frames")
     out = Path(ns.out)
     if out.exists():
         raise UsageError(f"--out: {out} already exists; name a new file (nothing is replaced)")
@@ -417,7 +422,13 @@ def _explore(ns: argparse.Namespace) -> int:
         print(f"[explore {ns.stage}] {steps:,} steps | {cells} cells | best x {x_max:,} | {rate:,.0f} steps/s", flush=True)  # fmt: skip
 
     result = explore(
-        cfg, ns.stage, seed=ns.seed, max_steps=ns.budget, x_bias=ns.x_bias, on_progress=progress
+        cfg,
+        ns.stage,
+        seed=ns.seed,
+        max_steps=ns.budget,
+        x_bias=ns.x_bias,
+        noops=ns.noops,
+        on_progress=progress,
     )
     took = time.monotonic() - start
     if result.demo is None:

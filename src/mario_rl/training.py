@@ -172,7 +172,7 @@ def _teachers(job: TrainJob) -> Teachers | None:
 
 def _demo_pairs(env: EnvConfig) -> tuple[np.ndarray, np.ndarray]:
     """Every demo's (observation, action) pairs, for behaviour cloning (``PPOConfig.demo_bc``)."""
-    pairs = [demo_pairs(path, env) for path in demo_paths(env.demos)]
+    pairs = [demo_pairs(path, env) for path in demo_paths(env.demos, env.stages)]
     return np.concatenate([o for o, _ in pairs]), np.concatenate([a for _, a in pairs])
 
 

@@ -169,12 +169,17 @@ class EnvConfig:
         if self.demo_starts:
             from .demos import demo_paths, demo_states
 
-            stages = [demo_states(path, self)[0] for path in demo_paths(self.demos)]
-            twice = sorted({s for s in stages if stages.count(s) > 1})
+            paths = demo_paths(self.demos, self.stages)
+            twice = sorted({p for p in paths if paths.count(p) > 1})
             if twice:
+                raise ValueError(f"demos: {twice[0]} is listed twice; give each demo once")
+            if not paths:
                 raise ValueError(
-                    f"demos: two demos of stage {twice[0]} ({self.demos}); give one demo a stage"
+                    f"demos: no demo in {self.demos} is of the run's stages ({self.stages}); give"
+                    " demos of those stages (mario-rl explore --stage W-S writes one)"
                 )
+            for path in paths:
+                demo_states(path, self)
         for name in ("time_per_stage", "stall_steps", "max_steps", "noop_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")

@@ -115,11 +115,11 @@ class EmulatorGroup:
         self.restored = np.zeros(n, bool)
         """Whether env ``i``'s current episode began from a saved progress or demo state."""
         self.demo_states: dict[str, list[object]] = {}
-        """Demo starts: the states along each stage's demo (``EnvConfig.demos``)."""
+        """Demo starts: the states along each stage's demos (``EnvConfig.demos``)."""
         if config.demo_starts:
-            for path in demo_paths(config.demos):
+            for path in demo_paths(config.demos, config.stages):
                 stage, states = demo_states(path, config)
-                self.demo_states[stage] = states
+                self.demo_states[stage] = self.demo_states.get(stage, []) + states
         self.prev_buttons = np.zeros(n, np.uint8)
         """Buttons of each env's last step (for ``jump_repress``)."""
         self.frames = 0

@@ -25,13 +25,15 @@ from .rules import FLOAT_STATE
 from .stages import STAGES, parse_stages
 
 FORMAT = "mario-rl-demo/1"
+MAX_NOOPS = 255
 _CELL_PX = 32
 """Exploration cells: states kept per (area, x // _CELL_PX, y // _CELL_PX) where Mario stands."""
 
 
 @dataclass
 class Demo:
-    """A stage cleared from its start (no no-op frames) by ``steps``, one action index a step."""
+    """A stage cleared from its start (after ``noops`` no-op frames) by ``steps``, one action
+    index a step."""
 
     stage: str
     actions: str
@@ -41,6 +43,8 @@ class Demo:
     steps: list[int]
     x_max: int = 0
     """Farthest x of the run (the flag's x)."""
+    noops: int = 0
+    """No-op frames from the stage's start before the first step (as after a no-op start)."""
     found_by: str = ""
     """The command that found it."""
 
@@ -84,6 +88,8 @@ def load_demo(path: str | Path) -> Demo:
             and demo.frame_skip >= 1
             and isinstance(demo.steps, list)
             and len(demo.steps) > 0
+            and isinstance(demo.noops, int)
+            and 0 <= demo.noops <= MAX_NOOPS
             and all(
                 isinstance(a, int) and 0 <= a < len(ACTION_SETS[demo.actions]) for a in demo.steps
             )
@@ -92,15 +98,28 @@ def load_demo(path: str | Path) -> Demo:
         raise ValueError(f"demo {path}: bad fields ({e})") from None
     if not ok:
         raise ValueError(
-            f"demo {path}: bad fields (a stage such as 1-3, a known action set, frame_skip >= 1"
-            " and a non-empty list of action indices of that set are needed)"
+            f"demo {path}: bad fields (a stage such as 1-3, a known action set, frame_skip >= 1,"
+            f" 0-{MAX_NOOPS} no-op frames and a non-empty list of action indices of that set"
+            " are needed)"
         )
     return demo
 
 
-def demo_paths(spec: str) -> list[str]:
-    """The files of ``EnvConfig.demos`` (comma-separated)."""
-    return [p.strip() for p in spec.split(",") if p.strip()]
+def demo_paths(spec: str, stages: str = "all") -> list[str]:
+    """The files of ``EnvConfig.demos`` (comma-separated): each file named, and from each
+    directory named its ``*.json`` demos of the ``stages`` selection (sorted)."""
+    out: list[str] = []
+    sel = parse_stages(stages)
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if Path(part).is_dir():
+            for f in sorted(Path(part).glob("*.json")):
+                if sel.game or load_demo(f).stage in sel.stages:
+                    out.append(str(f))
+        else:
+            out.append(part)
+    return out
 
 
 def _play_config(cfg: EnvConfig, stage: str) -> EnvConfig:
@@ -139,73 +158,102 @@ def check_demo(demo: Demo, cfg: EnvConfig, path: str) -> None:
         )
 
 
+DELAYS = (0, 3, 7, 10, 14, 17, 21, 25, 30)
+"""No-op frames before a demo's replays: training and evaluation episodes start after 0-30
+(``noop_max``), which moves the enemies against Mario, so a demo is replayed after each of these
+too (one at each phase of the 4-frame action repeat among them) and its replays that still reach
+the flag are used."""
+
+
+def _begin(group, noops: int) -> None:
+    """Start ``group``'s one env at its stage's start after ``noops`` no-op frames."""
+    group.reset()
+    if noops:
+        for j in range(noops):
+            group.emu.step_one(0, 0, draw=j == noops - 1)
+        group.reset_env(0, restart=False)  # the episode begins after the no-op frames
+
+
+@dataclass
+class _Replay:
+    states: list[object]
+    """Emulator state before each step (taken only when asked for)."""
+    obs: list[np.ndarray]
+    """Stacked observation before each step (taken only when asked for)."""
+    flag: bool
+    end: str
+    """How it ended, for errors: 'end with death at x 640 on step 12, not at the flag'."""
+
+
+def _replay(
+    demo: Demo, cfg: EnvConfig, delay: int, states: bool = False, obs: bool = False
+) -> _Replay:
+    """Play ``demo.steps`` from its stage's start after ``delay`` no-op frames."""
+    from .core import EmulatorGroup  # the group is built on this module's config
+
+    group = EmulatorGroup(_play_config(cfg, demo.stage), 1, [0])
+    out = _Replay([], [], False, "")
+    try:
+        _begin(group, demo.noops + delay)
+        cur = group.stack[0].copy()
+        for k, a in enumerate(demo.steps):
+            if states:
+                out.states.append(group.emu.dump_state(0))
+            if obs:
+                out.obs.append(cur)
+            res = group.step(np.array([a]))
+            if 0 in res.finished:
+                info = res.finished[0]
+                out.flag = bool(info["flag"]) and k == len(demo.steps) - 1
+                out.end = (
+                    f"end with {info['reason']} at x {info['x_end']} on step {k + 1}, not at"
+                    " the flag"
+                )
+                return out
+            cur = res.obs[0]
+        out.end = f"end at x {group.episodes[0].x}, short of the flag"
+        return out
+    finally:
+        group.close()
+
+
 _REPLAYED: dict[tuple, list[object]] = {}
 
 
 def demo_states(path: str, cfg: EnvConfig) -> tuple[str, list[object]]:
-    """The demo's stage and the emulator states along it (the start, then after each step but
-    the last). ValueError when the file is bad or the actions do not reach the flag."""
-    from .core import EmulatorGroup  # the group is built on this module's config
-
+    """The demo's stage and the emulator states along its replays that reach the flag (one
+    before each step; the replay without delay first). ValueError when the file is bad or its
+    actions do not reach the flag from the stage's start."""
     demo = load_demo(path)
     check_demo(demo, cfg, path)
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_mtime_ns, st.st_size, cfg.emulator, cfg.actions)
-    if key in _REPLAYED:
-        return demo.stage, _REPLAYED[key]
-    group = EmulatorGroup(_play_config(cfg, demo.stage), 1, [0])
-    try:
-        group.reset()
-        states = [group.emu.dump_state(0)]
-        for k, a in enumerate(demo.steps):
-            res = group.step(np.array([a]))
-            if 0 in res.finished:
-                info = res.finished[0]
-                if info["flag"] and k == len(demo.steps) - 1:
-                    _REPLAYED[key] = states
-                    return demo.stage, states
+    if key not in _REPLAYED:
+        states: list[object] = []
+        for delay in DELAYS:
+            r = _replay(demo, cfg, delay, states=True)
+            if delay == 0 and not r.flag:
                 raise ValueError(
-                    f"demo {path}: the episode ends at step {k + 1} of {len(demo.steps)}"
-                    f" ({info['reason']} at x {info['x_end']}) instead of at the flag;"
-                    " explore again with this version"
+                    f"demo {path}: its {len(demo.steps)} steps {r.end}; explore again with"
+                    " this version"
                 )
-            states.append(group.emu.dump_state(0))
-    finally:
-        group.close()
-    raise ValueError(
-        f"demo {path}: its {len(demo.steps)} steps end at x {group.episodes[0].x}, short of the"
-        " flag; explore again with this version"
-    )
+            if r.flag:
+                states += r.states
+        _REPLAYED[key] = states
+    return demo.stage, _REPLAYED[key]
 
 
-def demo_pairs(
-    path: str, cfg: EnvConfig, delays: tuple[int, ...] = (0, 2, 5, 9, 14)
-) -> tuple[np.ndarray, np.ndarray]:
+def demo_pairs(path: str, cfg: EnvConfig) -> tuple[np.ndarray, np.ndarray]:
     """Behaviour-cloning data of one demo: (observations (N, frame_stack, size, size) uint8,
-    the demo's action at each (N,) int64). The route is replayed after each of ``delays``
-    no-op steps, so the enemies stand elsewhere as after a random no-op start; a replay that
-    no longer reaches the flag (an enemy in the way) is left out. Delay 0 always reaches it
-    (:func:`demo_states` checks)."""
-    from .core import EmulatorGroup
-
+    the demo's action at each (N,) int64) along its replays after :data:`DELAYS` no-op frames
+    that still reach the flag (the others met an enemy that the delay moved into the way)."""
     demo_states(path, cfg)  # the file, its settings and its route are checked here
     demo = load_demo(path)
     obs: list[np.ndarray] = []
-    for delay in delays:
-        group = EmulatorGroup(_play_config(cfg, demo.stage), 1, [0])
-        try:
-            frames = [group.reset()[0]]
-            for _ in range(delay):
-                frames = [group.step(np.array([0])).obs[0]]
-            for a in demo.steps:
-                res = group.step(np.array([a]))
-                if 0 in res.finished:
-                    break
-                frames.append(res.obs[0])
-        finally:
-            group.close()
-        if 0 in res.finished and res.finished[0]["flag"]:
-            obs.extend(frames)
+    for delay in DELAYS:
+        r = _replay(demo, cfg, delay, obs=True)
+        if r.flag:
+            obs += r.obs
     actions = np.tile(np.asarray(demo.steps, np.int64), len(obs) // len(demo.steps))
     return np.stack(obs), actions
 
@@ -236,6 +284,7 @@ def explore(
     burst: int = 60,
     repeat: float = 0.9,
     x_bias: float = 3.0,
+    noops: int = 0,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> ExploreResult:
     """Search for a route to ``stage``'s flag with random play from an archive of states.
@@ -245,8 +294,8 @@ def explore(
     (1 + x / farthest x) ** ``x_bias`` (on 1-1 and 1-3, 3 found the flag in about half the steps
     of 0, three seeds each), restores it and plays ``burst`` random steps, an action repeated
     with chance ``repeat`` (jumps need A held). It ends at the first flag or after ``max_steps``
-    agent steps. ``on_progress(steps,
-    cells, x_max)`` is called about every 10k steps.
+    agent steps. Play starts after ``noops`` no-op frames, so routes can be found for other
+    enemy timings. ``on_progress(steps, cells, x_max)`` is called about every 10k steps.
     """
     from .core import EmulatorGroup
 
@@ -255,7 +304,7 @@ def explore(
     rng = np.random.default_rng(seed)
     n_actions = len(ACTION_SETS[cfg.actions])
     try:
-        group.reset()
+        _begin(group, noops)
         ep = group.episodes[0]
         archive: dict[tuple, _Cell] = {
             (ep.area, ep.x // _CELL_PX, ep.y // _CELL_PX): _Cell(group.emu.dump_state(0), [], ep.x)
@@ -289,6 +338,7 @@ def explore(
                             cfg.jump_repress,
                             path,
                             x_max=info["x_max"],
+                            noops=noops,
                         )
                         return ExploreResult(demo, steps, len(archive), x_max)
                     break
