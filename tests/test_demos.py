@@ -197,7 +197,7 @@ def test_demo_bc_pulls_the_policy_toward_the_demo_actions_and_decays() -> None:
     assert ppo.current_demo_bc() == 0.0
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "demos").glob("*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "demos").rglob("*.json")), ids=lambda p: p.stem)
 def test_every_committed_demo_replays_to_its_stage_flag(path: Path) -> None:
     demo = load_demo(path)
     assert path.stem in (demo.stage, f"{demo.stage}-n{demo.noops:02d}")
