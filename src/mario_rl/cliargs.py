@@ -175,36 +175,34 @@ def nonnegative_int(flag: str):
     return whole_number(flag, 0)
 
 
-def positive_float(flag: str):
-    """An argparse type: a finite number > 0."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects a number > 0, got {text!r}") from None
-        if not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"{flag} expects a finite number > 0, got {text!r}")
-        return value
-
-    return parse
-
-
-def nonnegative_float(flag: str):
-    """An argparse type: a finite number >= 0."""
+def _finite_float(flag: str, zero_ok: bool):
+    """An argparse type: a finite number > 0 (>= 0 with ``zero_ok``)."""
+    bound = ">= 0" if zero_ok else "> 0"
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{flag} expects a number >= 0, got {text!r}"
+                f"{flag} expects a number {bound}, got {text!r}"
             ) from None
-        if not 0 <= value < float("inf"):
-            raise argparse.ArgumentTypeError(f"{flag} expects a finite number >= 0, got {text!r}")
+        if not (value >= 0 if zero_ok else value > 0) or value == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"{flag} expects a finite number {bound}, got {text!r}"
+            )
         return value
 
     return parse
+
+
+def positive_float(flag: str):
+    """An argparse type: a finite number > 0."""
+    return _finite_float(flag, zero_ok=False)
+
+
+def nonnegative_float(flag: str):
+    """An argparse type: a finite number >= 0."""
+    return _finite_float(flag, zero_ok=True)
 
 
 def stage_spec(text: str | None) -> str | None:
