@@ -150,6 +150,13 @@ def test_explore_then_train_from_the_demo_end_to_end(tmp_path: Path, monkeypatch
     assert rows and max(r["step"] for r in rows) > 0
     learned = [r for r in rows if "losses/demo_bc" in r]
     assert learned and all(r["charts/demo_bc"] == 0.5 and r["losses/demo_bc"] > 0 for r in learned)
+    # A resumed run may ease off the cloning without naming its demos again (they are recorded).
+    resume = ["train", "--run-dir", "r", "--resume", "--total-steps", "256", "--demo-bc", "0.1"]
+    assert main(resume) == 0
+    rows = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert any(r.get("charts/demo_bc") == 0.1 for r in rows)
 
 
 def test_demo_pairs_are_the_route_replayed_after_several_delays() -> None:

@@ -246,7 +246,7 @@ def train_job(ns: argparse.Namespace, command: str = ""):
     cliargs.apply(run, cliargs.given(ns, "run"), "run")
     env = env_config(ns, env)
     job = TrainJob(env, ppo, run, 2, command)
-    job.validate()
+    job.validate(parts_only=run.resume)
     job.workers = ns.workers if ns.workers is not None else min(2, ppo.num_envs)
     if job.workers > ppo.num_envs:
         raise UsageError(f"--workers ({job.workers}) cannot exceed --envs ({ppo.num_envs})")

@@ -134,10 +134,13 @@ class TrainJob:
     def algo(self) -> str:
         return self.ppo.algo
 
-    def validate(self) -> None:
-        """ValueError (one line) on a bad option of any part, or a curriculum without a set of
-        stages to weigh."""
+    def validate(self, parts_only: bool = False) -> None:
+        """ValueError (one line) on a bad option of any part, or (unless ``parts_only``: a resuming
+        command's job, whose env is the run's record, checked by :meth:`resumed`) demo cloning
+        without demos or a curriculum without a set of stages to weigh."""
         _validate(self.env, self.ppo, self.run)
+        if parts_only:
+            return
         if self.ppo.demo_bc and not self.env.demos:
             raise ValueError(
                 "demo_bc needs demos to clone (e.g. --demos demos/1-3.json --demo-starts 0.25)"
