@@ -11,7 +11,15 @@ import pytest
 
 from mario_rl.envs import EnvConfig
 from mario_rl.envs.core import EmulatorGroup
-from mario_rl.envs.demos import Demo, _replay, demo_pairs, demo_states, explore, load_demo
+from mario_rl.envs.demos import (
+    Demo,
+    _replay,
+    demo_coverage,
+    demo_pairs,
+    demo_states,
+    explore,
+    load_demo,
+)
 
 ROOT = Path(__file__).parents[1]
 DEMO_1_3 = ROOT / "demos" / "1-3.json"
@@ -130,18 +138,24 @@ def test_explore_is_reproducible_and_keeps_the_shortest_route_per_cell() -> None
     assert a.cells > 10 and a.x_max > 400
 
 
-def test_explore_then_train_from_the_demo_end_to_end(tmp_path: Path, monkeypatch) -> None:
+def test_explore_then_train_from_the_demo_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
     """The explore command finds 1-1's flag and writes a demo a training run then starts from."""
     from mario_rl.cli import main
     from tiny_runs import SMALL
 
     monkeypatch.chdir(tmp_path)
-    assert main(["explore", "--stage", "1-1", "--out", "d.json", "--seed", "1"]) == 0
+    assert main(["explore", "--stage", "1-1", "--out", "d.json", "--seed", "1", "--cover"]) == 0
+    printed = capsys.readouterr().out
+    # 1-1's first route clears after the even no-op starts only; --cover adds one for the rest.
+    assert "after 16 of the 31 no-op starts 0-30" in printed
+    assert sorted(p.name for p in tmp_path.glob("d*.json")) == ["d-n01.json", "d.json"]
+    assert printed.rstrip().endswith("the routes so far after 31")
     demo = json.loads((tmp_path / "d.json").read_text())
     assert demo["stage"] == "1-1" and demo["actions"] == "right-only"
     assert demo["found_by"].startswith("mario-rl explore --stage 1-1")
     assert isinstance(load_demo("d.json"), Demo)
-    args = ["train", *SMALL, "--total-steps", "128", "--demos", "d.json", "--demo-starts", "0.5"]
+    args = ["train", *SMALL, "--total-steps", "128", "--demos", "d.json,d-n01.json"]
+    args += ["--demo-starts", "0.5"]
     args += ["--demo-bc", "0.5", "--run-dir", "r"]
     assert main(args) == 0
     rows = [
@@ -157,6 +171,14 @@ def test_explore_then_train_from_the_demo_end_to_end(tmp_path: Path, monkeypatch
         json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     ]
     assert any(r.get("charts/demo_bc") == 0.1 for r in rows)
+
+
+def test_the_1_3_route_clears_after_even_no_op_starts_only() -> None:
+    """What the 1-3 model's deaths at x 655 came from: one enemy a frame out of step."""
+    demo = load_demo(DEMO_1_3)
+    assert demo_coverage(demo, CFG, 30) == list(range(0, 31, 2))
+    late = dataclasses.replace(demo, noops=3)  # the route cannot start before its own no-ops
+    assert demo_coverage(late, CFG, 6) == [4, 6]
 
 
 def test_demo_pairs_are_the_route_replayed_after_several_delays() -> None:

@@ -178,6 +178,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "D13.json").write_text(json.dumps(demo))
     (w / "D13_COMPLEX.json").write_text(json.dumps(demo | {"actions": "complex"}))
     (w / "D13_SHORT.json").write_text(json.dumps(demo | {"steps": demo["steps"][:100]}))
+    (w / "R13-n05.json").write_text(json.dumps(demo))  # a route `explore --cover` would write
     (w / "DEMOS").mkdir()
     (w / "DEMOS" / "1-3.json").write_text(json.dumps(demo))
     return w
@@ -416,6 +417,7 @@ CASES: dict[str, list[Case]] = {
         Case("explore --stage 1-3 --out d.json --noops 300", r"300 is too many", r"0-255"),
         Case("explore --stage 1-3 --out d.json --preset nope", r"unknown preset", r"available"),
         Case("explore --stage 1-3 --out d.json --actions x", r"unknown action set", r"one of"),
+        Case("explore --stage 1-3 --out R13.json --cover", r"R13-n05.json already", r"new --out"),
     ],
     "presets": [
         Case("presets extra", r"unrecognized arguments: extra", r"arguments"),

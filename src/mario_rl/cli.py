@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="favour cells farther right: weight (1 + x / farthest x) ** X-BIAS (default 3; 0 = count-based only)")  # fmt: skip
     xp.add_argument("--noops", type=nonnegative_int("--noops"), default=0,
                     help="no-op frames before play starts, for a route at other enemy timings (0-255, default 0)")  # fmt: skip
+    xp.add_argument("--cover", action="store_true",
+                    help="also find routes for the no-op starts (0..--noop-max) the first one does not clear: OUT's name + -nNN.json beside it")  # fmt: skip
     _env_args(xp)
 
     cli_media.add_parsers(sub)  # eval, record, export, plot, play
@@ -395,7 +397,7 @@ def _explore(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .config import load_preset, preset_sections
-    from .envs.demos import MAX_NOOPS, explore
+    from .envs.demos import MAX_NOOPS, demo_coverage, explore
     from .envs.stages import STAGES
 
     if ns.stage not in STAGES:
@@ -407,6 +409,13 @@ def _explore(ns: argparse.Namespace) -> int:
         raise UsageError(f"--out: {out} already exists; name a new file (nothing is replaced)")
     if not out.parent.is_dir():
         raise UsageError(f"--out: directory {out.parent} does not exist")
+    if ns.cover:
+        taken = sorted(out.parent.glob(f"{out.stem}-n[0-9]*.json"))
+        if taken:
+            raise UsageError(
+                f"--cover: {taken[0]} already exists and would be one of the routes written;"
+                " name a new --out (nothing is replaced)"
+            )
     load_preset(ns.preset)  # a one-line error for an unknown name
     sections = preset_sections(ns.preset, [ns.stage])
     cfg = EnvConfig()
@@ -415,36 +424,67 @@ def _explore(ns: argparse.Namespace) -> int:
     cfg = env_config(ns, cfg)
     cfg.stages = ns.stage
     cfg.validate()
-    start = time.monotonic()
+    starts = set(range(cfg.noop_max + 1))
+    covered: set[int] = set()
+    noops, path = ns.noops, out
+    while True:
+        start = time.monotonic()
 
-    def progress(steps: int, cells: int, x_max: int) -> None:
-        rate = steps / max(time.monotonic() - start, 1e-9)
-        print(f"[explore {ns.stage}] {steps:,} steps | {cells} cells | best x {x_max:,} | {rate:,.0f} steps/s", flush=True)  # fmt: skip
+        def progress(
+            steps: int, cells: int, x_max: int, start: float = start, noops: int = noops
+        ) -> None:
+            rate = steps / max(time.monotonic() - start, 1e-9)
+            print(f"[explore {ns.stage} after {noops} no-ops] {steps:,} steps | {cells} cells | best x {x_max:,} | {rate:,.0f} steps/s", flush=True)  # fmt: skip
 
-    result = explore(
-        cfg,
-        ns.stage,
-        seed=ns.seed,
-        max_steps=ns.budget,
-        x_bias=ns.x_bias,
-        noops=ns.noops,
-        on_progress=progress,
-    )
-    took = time.monotonic() - start
-    if result.demo is None:
-        print(
-            f"no flag in {result.steps:,} steps ({took:.0f} s, {result.cells} cells, best x"
-            f" {result.x_max:,}); try a larger --budget or another --seed",
-            file=sys.stderr,
+        result = explore(
+            cfg,
+            ns.stage,
+            seed=ns.seed,
+            max_steps=ns.budget,
+            x_bias=ns.x_bias,
+            noops=noops,
+            on_progress=progress,
         )
-        return 1
-    result.demo.found_by = ns.command_line
-    result.demo.save(out)
-    print(
-        f"wrote {out}: {ns.stage} cleared in {len(result.demo.steps)} steps, found after"
-        f" {result.steps:,} steps of exploring ({took:.0f} s, {result.cells} cells)"
-    )
-    return 0
+        took = time.monotonic() - start
+        if result.demo is None:
+            print(
+                f"no flag after {noops} no-ops in {result.steps:,} steps ({took:.0f} s,"
+                f" {result.cells} cells, best x {result.x_max:,}); try a larger --budget or"
+                " another --seed",
+                file=sys.stderr,
+            )
+            if path != out:
+                print(f"no route yet after {_spans(sorted(starts - covered))} no-ops", file=sys.stderr)  # fmt: skip
+            return 1
+        result.demo.found_by = ns.command_line
+        result.demo.save(path)
+        reach = set(demo_coverage(result.demo, cfg, cfg.noop_max))
+        covered |= reach | {noops}  # never explore the same start twice
+        print(
+            f"wrote {path}: {ns.stage} cleared in {len(result.demo.steps)} steps, found after"
+            f" {result.steps:,} steps of exploring ({took:.0f} s, {result.cells} cells); it"
+            f" reaches the flag after {len(reach & starts)} of the {len(starts)} no-op starts"
+            f" 0-{cfg.noop_max}, the routes so far after {len(covered & starts)}"
+        )
+        left = sorted(starts - covered)
+        if not left:
+            return 0
+        if not ns.cover:
+            print(f"no route yet after {_spans(left)} no-ops: --cover finds routes for them")
+            return 0
+        noops = left[0]
+        path = out.with_name(f"{out.stem}-n{noops:02d}.json")
+
+
+def _spans(values: list[int]) -> str:
+    """'1, 3-5, 9' for the sorted [1, 3, 4, 5, 9]."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _bench_env(ns: argparse.Namespace) -> int:

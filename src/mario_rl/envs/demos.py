@@ -258,6 +258,14 @@ def demo_pairs(path: str, cfg: EnvConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(obs), actions
 
 
+def demo_coverage(demo: Demo, cfg: EnvConfig, noop_max: int) -> list[int]:
+    """The no-op starts (frames from the stage's start, 0..``noop_max``) after which ``demo``'s
+    actions reach the flag: those before its own ``noops`` cannot play it. One route often
+    covers every other start only (on 1-3 the even ones: an enemy is a frame out of step on the
+    odd), so a policy cloned from it dies at the same spot on the rest."""
+    return [n for n in range(demo.noops, noop_max + 1) if _replay(demo, cfg, n - demo.noops).flag]
+
+
 @dataclass
 class _Cell:
     state: object
