@@ -418,6 +418,8 @@ CASES: dict[str, list[Case]] = {
         Case("explore --stage 1-3 --out d.json --preset nope", r"unknown preset", r"available"),
         Case("explore --stage 1-3 --out d.json --actions x", r"unknown action set", r"one of"),
         Case("explore --stage 1-3 --out R13.json --cover", r"R13-n05.json already", r"new --out"),
+        Case("explore --stage 1-3 --out d.json --starts 0", r"got '0'", r"whole number > 0"),
+        Case("explore --stage 1-3 --out d.json --noops 250 --starts 9", r"past 255", r"at most 6"),
     ],
     "presets": [
         Case("presets extra", r"unrecognized arguments: extra", r"arguments"),

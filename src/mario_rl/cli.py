@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="favour cells farther right: weight (1 + x / farthest x) ** X-BIAS (default 3; 0 = count-based only)")  # fmt: skip
     xp.add_argument("--noops", type=nonnegative_int("--noops"), default=0,
                     help="no-op frames before play starts, for a route at other enemy timings (0-255, default 0)")  # fmt: skip
+    xp.add_argument("--starts", type=positive_int("--starts"), default=1,
+                    help="play this many no-op starts (--noops, --noops + 1, ...) in lockstep: the route must clear them all, so it holds at other enemy timings (default 1; 2 covers both frame parities)")  # fmt: skip
     xp.add_argument("--cover", action="store_true",
                     help="also find routes for the no-op starts (0..--noop-max) the first one does not clear: OUT's name + -nNN.json beside it")  # fmt: skip
     _env_args(xp)
@@ -404,6 +406,11 @@ def _explore(ns: argparse.Namespace) -> int:
         raise UsageError(f"--stage: {ns.stage!r} is not a stage; give one such as 1-3 (1-1 … 8-4)")
     if ns.noops > MAX_NOOPS:
         raise UsageError(f"--noops: {ns.noops} is too many; give 0-{MAX_NOOPS} no-op frames")
+    if ns.noops + ns.starts - 1 > MAX_NOOPS:
+        raise UsageError(
+            f"--starts: {ns.starts} starts from --noops {ns.noops} go past {MAX_NOOPS} no-op"
+            f" frames; give at most {MAX_NOOPS - ns.noops + 1}"
+        )
     out = Path(ns.out)
     if out.exists():
         raise UsageError(f"--out: {out} already exists; name a new file (nothing is replaced)")
@@ -444,6 +451,7 @@ def _explore(ns: argparse.Namespace) -> int:
             x_bias=ns.x_bias,
             noops=noops,
             on_progress=progress,
+            starts=ns.starts,
         )
         took = time.monotonic() - start
         if result.demo is None:

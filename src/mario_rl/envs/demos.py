@@ -166,12 +166,15 @@ the flag are used."""
 
 
 def _begin(group, noops: int) -> None:
-    """Start ``group``'s one env at its stage's start after ``noops`` no-op frames."""
+    """Start each of ``group``'s envs at its stage's start, env ``i`` after ``noops + i`` no-op
+    frames."""
     group.reset()
-    if noops:
-        for j in range(noops):
-            group.emu.step_one(0, 0, draw=j == noops - 1)
-        group.reset_env(0, restart=False)  # the episode begins after the no-op frames
+    for i in range(group.n):
+        k = noops + i
+        for j in range(k):
+            group.emu.step_one(i, 0, draw=j == k - 1)
+        if k:
+            group.reset_env(i, restart=False)  # the episode begins after the no-op frames
 
 
 @dataclass
@@ -204,7 +207,9 @@ def _replay(
             res = group.step(np.array([a]))
             if 0 in res.finished:
                 info = res.finished[0]
-                out.flag = bool(info["flag"]) and k == len(demo.steps) - 1
+                # A route found from several starts at once ends with the last of them to
+                # reach the flag; from the others it gets there a step or so sooner.
+                out.flag = bool(info["flag"])
                 out.end = (
                     f"end with {info['reason']} at x {info['x_end']} on step {k + 1}, not at"
                     " the flag"
@@ -250,12 +255,13 @@ def demo_pairs(path: str, cfg: EnvConfig) -> tuple[np.ndarray, np.ndarray]:
     demo_states(path, cfg)  # the file, its settings and its route are checked here
     demo = load_demo(path)
     obs: list[np.ndarray] = []
+    actions: list[int] = []
     for delay in DELAYS:
         r = _replay(demo, cfg, delay, obs=True)
         if r.flag:
             obs += r.obs
-    actions = np.tile(np.asarray(demo.steps, np.int64), len(obs) // len(demo.steps))
-    return np.stack(obs), actions
+            actions += demo.steps[: len(r.obs)]
+    return np.stack(obs), np.asarray(actions, np.int64)
 
 
 def demo_coverage(demo: Demo, cfg: EnvConfig, noop_max: int) -> list[int]:
@@ -268,7 +274,8 @@ def demo_coverage(demo: Demo, cfg: EnvConfig, noop_max: int) -> list[int]:
 
 @dataclass
 class _Cell:
-    state: object
+    state: list[object]
+    """One emulator state per lockstep start."""
     path: list[int]
     x: int
     chosen: int = 0
@@ -294,6 +301,7 @@ def explore(
     x_bias: float = 3.0,
     noops: int = 0,
     on_progress: Callable[[int, int, int], None] | None = None,
+    starts: int = 1,
 ) -> ExploreResult:
     """Search for a route to ``stage``'s flag with random play from an archive of states.
 
@@ -303,19 +311,28 @@ def explore(
     of 0, three seeds each), restores it and plays ``burst`` random steps, an action repeated
     with chance ``repeat`` (jumps need A held). It ends at the first flag or after ``max_steps``
     agent steps. Play starts after ``noops`` no-op frames, so routes can be found for other
-    enemy timings. ``on_progress(steps, cells, x_max)`` is called about every 10k steps.
+    enemy timings. With ``starts`` K > 1 the same actions play K starts in lockstep (after
+    ``noops``, ``noops`` + 1, … no-op frames): a route must keep Mario alive in all of them,
+    so it does not hang on one enemy timing (1-3's first route dies after every odd start).
+    ``on_progress(steps, cells, x_max)`` is called about every 10k steps (steps of the route,
+    not of each start).
     """
     from .core import EmulatorGroup
 
     play = _play_config(cfg, stage)
-    group = EmulatorGroup(play, 1, [seed])
+    group = EmulatorGroup(play, starts, [seed] * starts)
     rng = np.random.default_rng(seed)
     n_actions = len(ACTION_SETS[cfg.actions])
+    envs = range(starts)
+
+    def snapshot() -> list[object]:
+        return [group.emu.dump_state(i) for i in envs]
+
     try:
         _begin(group, noops)
         ep = group.episodes[0]
         archive: dict[tuple, _Cell] = {
-            (ep.area, ep.x // _CELL_PX, ep.y // _CELL_PX): _Cell(group.emu.dump_state(0), [], ep.x)
+            (ep.area, ep.x // _CELL_PX, ep.y // _CELL_PX): _Cell(snapshot(), [], ep.x)
         }
         steps, x_max, report = 0, ep.x, 10_000
         while steps < max_steps:
@@ -325,40 +342,46 @@ def explore(
             w *= (1.0 + x / max(x.max(), 1.0)) ** x_bias
             cell = cells[int(rng.choice(len(cells), p=w / w.sum()))]
             cell.chosen += 1
-            group.emu.load_state(0, cell.state)
-            group.reset_env(0, restart=False)
+            for i in envs:
+                group.emu.load_state(i, cell.state[i])
+                group.reset_env(i, restart=False)
             path = list(cell.path)
+            flagged: set[int] = set()
             a = int(rng.integers(n_actions))
             for _ in range(burst):
                 if rng.random() >= repeat:
                     a = int(rng.integers(n_actions))
-                res = group.step(np.array([a]))
+                res = group.step(np.full(starts, a))
                 steps += 1
                 path.append(a)
-                if 0 in res.finished:
-                    info = res.finished[0]
-                    x_max = max(x_max, info["x_max"])
-                    if info["flag"]:
+                ended = {i: info for i, info in res.finished.items() if i not in flagged}
+                if ended:
+                    x_max = max([x_max] + [info["x_max"] for info in ended.values()])
+                    if not all(info["flag"] for info in ended.values()):
+                        break
+                    flagged |= set(ended)
+                    if len(flagged) == starts:
                         demo = Demo(
                             stage,
                             cfg.actions,
                             cfg.frame_skip,
                             cfg.jump_repress,
                             path,
-                            x_max=info["x_max"],
+                            x_max=x_max,
                             noops=noops,
                         )
                         return ExploreResult(demo, steps, len(archive), x_max)
-                    break
+                if flagged:
+                    continue  # the flagged starts have begun again: no cell to keep here
                 ep = group.episodes[0]
                 x_max = max(x_max, ep.x)
-                if group.emu.rams[0][FLOAT_STATE] != 0:
+                if any(group.emu.rams[i][FLOAT_STATE] != 0 for i in envs):
                     continue
                 key = (ep.area, ep.x // _CELL_PX, ep.y // _CELL_PX)
                 old = archive.get(key)
                 if old is None or len(path) < len(old.path):
                     chosen = 0 if old is None else old.chosen
-                    archive[key] = _Cell(group.emu.dump_state(0), list(path), ep.x, chosen)
+                    archive[key] = _Cell(snapshot(), list(path), ep.x, chosen)
             if on_progress is not None and steps >= report:
                 report += 10_000
                 on_progress(steps, len(archive), x_max)
