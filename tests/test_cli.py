@@ -305,6 +305,12 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
             "--stages 1-3 --demos demos/1-3.json --demo-starts 0.5 --demo-bc 1"
             " --stop-at-clear-rate 0.9".split(),
         ),
+        (
+            "cpu-1-1",
+            "ppo-2-1",
+            "--stages 2-1 --demos demos/2-1.json --demo-starts 0.5 --demo-bc 1"
+            " --stop-at-clear-rate 0.9".split(),
+        ),
     ],
 )
 def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra):
