@@ -288,6 +288,12 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
     assert job.env.actions == "simple"
 
 
+def _cloned(stage: str) -> list[str]:
+    """The flags of a model cloned from its stage's committed demo (models/ppo-1-3, ppo-2-1)."""
+    flags = f"--stages {stage} --demos demos/{stage}.json --demo-starts 0.5 --demo-bc 1"
+    return (flags + " --stop-at-clear-rate 0.9").split()
+
+
 @pytest.mark.parametrize(
     ("preset", "model", "extra"),
     [
@@ -299,18 +305,8 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
         ("cpu-1-1", "ppo-1-4", ["--stages", "1-4"]),
         ("cpu-1-1", "ppo-4-1", ["--stages", "4-1"]),
         ("cpu-1-1", "ppo-6-1", ["--stages", "6-1"]),
-        (
-            "cpu-1-1",
-            "ppo-1-3",
-            "--stages 1-3 --demos demos/1-3.json --demo-starts 0.5 --demo-bc 1"
-            " --stop-at-clear-rate 0.9".split(),
-        ),
-        (
-            "cpu-1-1",
-            "ppo-2-1",
-            "--stages 2-1 --demos demos/2-1.json --demo-starts 0.5 --demo-bc 1"
-            " --stop-at-clear-rate 0.9".split(),
-        ),
+        ("cpu-1-1", "ppo-1-3", _cloned("1-3")),
+        ("cpu-1-1", "ppo-2-1", _cloned("2-1")),
     ],
 )
 def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra):
