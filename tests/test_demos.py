@@ -193,6 +193,9 @@ def test_a_route_from_two_starts_at_once_clears_after_every_start() -> None:
 
 
 def test_explore_from_two_starts_keeps_both_alive_to_the_flag() -> None:
+    for bad in (0, 257):
+        with pytest.raises(ValueError, match=r"starts must be 1\.\.256 after 0 no-ops"):
+            explore(CFG, "1-1", starts=bad)
     result = explore(CFG, "1-1", seed=0, max_steps=30_000, starts=2)
     assert result.demo is not None and result.demo.noops == 0
     assert {0, 1} <= set(demo_coverage(result.demo, CFG, 1))

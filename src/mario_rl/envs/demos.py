@@ -319,6 +319,10 @@ def explore(
     """
     from .core import EmulatorGroup
 
+    if not 1 <= starts <= MAX_NOOPS + 1 - noops:
+        raise ValueError(
+            f"starts must be 1..{MAX_NOOPS + 1 - noops} after {noops} no-ops, got {starts}"
+        )
     play = _play_config(cfg, stage)
     group = EmulatorGroup(play, starts, [seed] * starts)
     rng = np.random.default_rng(seed)
