@@ -51,7 +51,7 @@ def test_train_smoke_writes_checkpoints_and_resumes(tmp_path):
     assert r.returncode == 2 and "--resume" in r.stderr and r.stderr.count("\n") == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     # A resumed run keeps its training settings: a different one is refused, not ignored …
-    for changed in (["--lr", "0.001"], ["--size", "84"], ["--reward-flag", "10"]):
+    for changed in (["--gamma", "0.5"], ["--size", "84"], ["--reward-flag", "10"]):
         r = run_cli("train", *TINY, *changed, "--run-dir", str(run), "--resume")
         assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
         assert changed[0] in r.stderr and "new --run-dir" in r.stderr

@@ -32,11 +32,22 @@ RESUME_MACHINE_FIELDS = frozenset(
 machine runs it (threads, devices, log cadence), which change nothing the model learns from."""
 
 RESUME_GUIDANCE_FIELDS = frozenset(
-    {"teachers", "teacher_coef", "teacher_steps", "demo_bc", "demo_bc_steps", "demo_bc_batch"}
+    {
+        "teachers",
+        "teacher_coef",
+        "teacher_steps",
+        "demo_bc",
+        "demo_bc_steps",
+        "demo_bc_batch",
+        "lr",
+        "curriculum_floor",
+    }
 )
-"""Options a resumed run may also change: the kickstarting teachers and the weight of demo
-cloning, so that a run going on across sessions takes in the teachers trained since and eases
-off the demos (they guide the model, they are not in it)."""
+"""Options a resumed run may also change: the kickstarting teachers, the weight of demo
+cloning, the learning rate and how far the curriculum may turn away from stages it clears, so
+that a run going on across sessions takes in the teachers trained since, eases off the demos
+(they guide the model, they are not in it) and can be steadied when it forgets. The stages it
+trains on (``--stages``) may change too: a long run takes in stages as their teachers come."""
 
 
 def with_last_guidance(
@@ -51,6 +62,9 @@ def with_last_guidance(
     for name in RESUME_GUIDANCE_FIELDS:
         if name not in algo and name in recorded:
             algo[name] = recorded[name]
+    env = out.setdefault("env", {})
+    if "stages" not in env and "stages" in (last.get("env") or {}) and "ppo" in last:
+        env["stages"] = last["env"]["stages"]
     return out
 
 
@@ -101,6 +115,8 @@ def _saved(
     for name, value in given.get("env", {}).items():
         if name == "emulator":  # both backends play the same game, frame for frame
             env.emulator = value
+        elif name == "stages" and algo != "a3g":
+            env.stages = parse_stages(str(value)).spec  # the teachers are checked against it
         elif name == "stages":
             _refuse_change(path, name, parse_stages(str(value)).spec, env.stages)
         else:
