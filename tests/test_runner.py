@@ -21,7 +21,11 @@ import pytest
 
 from mario_rl.io import checkpoint as ck
 from mario_rl.run import checkpoints as ckpts
-from mario_rl.run.checkpoints import CheckpointSchedule, flag_rate_then_mean_x
+from mario_rl.run.checkpoints import (
+    CheckpointSchedule,
+    flag_rate_then_mean_x,
+    stages_then_flag_rate,
+)
 from mario_rl.run.evaluator import EvalProcess
 from mario_rl.run.guards import NonFiniteError, SignalGuard, check_finite
 from mario_rl.run.logger import Logger, read_metrics
@@ -289,12 +293,31 @@ def test_schedule_periodic_final_best(tmp_path: Path) -> None:
         final, {"flag_rate": 0.2, "mean_x": 100.0, "per_stage": {"1-1": np.float64(0.2)}}, 505
     )
     tensors, meta = ck.load_checkpoint(sched.best_path)
-    assert meta["step"] == 505 and meta["best"]["score"] == [0.2, 100.0]
+    assert meta["step"] == 505 and meta["best"]["score"] == [0.0, 0.2, 100.0]
     assert meta["best"]["metrics"]["per_stage"] == {"1-1": 0.2}
     # A resumed schedule knows the best so far and where the next periodic save is due.
     again = CheckpointSchedule(tmp_path / "ck", every=100, keep=2, start_step=505)
-    assert again.best_score == (0.2, 100.0) and not again.due(599) and again.due(600)
+    assert again.best_score == (0.0, 0.2, 100.0) and not again.due(599) and again.due(600)
     assert flag_rate_then_mean_x({"mean_x": 3}) is None
+
+
+def test_best_counts_stages_cleared_before_flags(tmp_path: Path) -> None:
+    """Over many stages the best checkpoint is the one that clears the most stages; a best
+    recorded under the older (flag rate, mean x) key is scored again from its metrics."""
+    sched = CheckpointSchedule(tmp_path / "ck", every=100, keep=2)
+    final = sched.save_final(100, *_state(100))
+    three = {"flag_rate": 0.4, "mean_x": 2000.0, "stages_cleared": 3}
+    assert sched.consider_best(final, three, 100)
+    assert not sched.consider_best(final, {**three, "flag_rate": 0.55, "stages_cleared": 2}, 200)
+    assert sched.consider_best(final, {**three, "flag_rate": 0.3, "stages_cleared": 4}, 300)
+    assert stages_then_flag_rate({"flag_rate": 0.5, "mean_x": 9.0}) == (0.0, 0.5, 9.0)
+    assert stages_then_flag_rate({"flag_rate": 0.5}) is None
+    # An old best (score of two numbers) against the new key: compared by its metrics.
+    old = {"best": {"score": [0.9, 3000.0], "metrics": {**three, "flag_rate": 0.9}}}
+    ck.promote_checkpoint(final, sched.best_path, old)
+    again = CheckpointSchedule(tmp_path / "ck", every=100, keep=2, start_step=300)
+    assert again.best_score == (3.0, 0.9, 2000.0)
+    assert again.consider_best(final, {**three, "stages_cleared": 4}, 400)
 
 
 # ---------------------------------------------------------------------------- eval process
@@ -336,7 +359,7 @@ def test_eval_process_results_errors_crash_timeout_close(tmp_path: Path) -> None
     assert (
         r.ok and r.step == 100 and r.metrics == {"flag_rate": 0.2, "mean_x": 100.0, "episodes": 2}
     )
-    assert r.is_best and ck.read_meta(sched.best_path)["best"]["score"] == [0.2, 100.0]
+    assert r.is_best and ck.read_meta(sched.best_path)["best"]["score"] == [0.0, 0.2, 100.0]
 
     ev.submit(sched.save(300, *_state(300, "raise")), 300)
     (r,) = _wait_results(ev, 1)
@@ -353,7 +376,7 @@ def test_eval_process_results_errors_crash_timeout_close(tmp_path: Path) -> None
         "evaluation of ckpt-000000000400 at step 400 exceeded 1s and was stopped"
     )
     (r,) = _wait_results(ev, 1)  # a fresh child takes over
-    assert r.ok and r.step == 600 and r.is_best and sched.best_score == (1.2, 600.0)
+    assert r.ok and r.step == 600 and r.is_best and sched.best_score == (0.0, 1.2, 600.0)
 
     ev.submit(sched.save(700, *_state(700, "exit")), 700)
     (r,) = _wait_results(ev, 1)

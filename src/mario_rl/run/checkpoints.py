@@ -145,6 +145,18 @@ def flag_rate_then_mean_x(metrics: Mapping[str, Any]) -> tuple[float, float] | N
     return (rate, x)
 
 
+def stages_then_flag_rate(metrics: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """Default "best" key: stages cleared (``stages_cleared``, 0 where an evaluation does not
+    count them) first, then :func:`flag_rate_then_mean_x`. On one stage it orders checkpoints
+    as the flag rate does; over many it keeps the checkpoint that clears the most stages, not
+    one with more flags spread over stages it does not clear."""
+    base = flag_rate_then_mean_x(metrics)
+    if base is None:
+        return None
+    cleared = scalar(metrics.get("stages_cleared", 0))
+    return (cleared if cleared is not None and math.isfinite(cleared) else 0.0, *base)
+
+
 def _jsonable(obj: Any) -> Any:
     """A strict-JSON copy of evaluation results (numpy/tensor scalars to numbers, NaN to None)."""
     if isinstance(obj, Mapping):
@@ -174,7 +186,7 @@ class CheckpointSchedule:
         keep: int = 3,
         *,
         start_step: int = 0,
-        best_key: Callable[[Mapping[str, Any]], tuple[float, ...] | None] = flag_rate_then_mean_x,
+        best_key: Callable[[Mapping[str, Any]], tuple[float, ...] | None] = stages_then_flag_rate,
     ) -> None:
         if every < 1:
             raise ValueError(f"checkpoint interval must be >= 1 step, got {every}")
@@ -190,9 +202,16 @@ class CheckpointSchedule:
         best = self.dir / "best"
         if best.is_dir():
             with contextlib.suppress(CheckpointError):
-                score = read_meta(best).get("best", {}).get("score")
-                if isinstance(score, list) and all(isinstance(v, int | float) for v in score):
+                record = read_meta(best).get("best", {})
+                # Scored again by this key: a best kept under an older key stays comparable.
+                metrics = record.get("metrics")
+                score = self.best_key(metrics) if isinstance(metrics, Mapping) else None
+                if score is not None:
                     self.best_score = tuple(float(v) for v in score)
+                elif isinstance(s := record.get("score"), list) and all(
+                    isinstance(v, int | float) for v in s
+                ):
+                    self.best_score = tuple(float(v) for v in s)
 
     @property
     def best_path(self) -> Path:
