@@ -109,6 +109,12 @@ def test_logger_jsonl_and_purge_on_resume(tmp_path: Path) -> None:
     assert rows[1]["losses/value"] is None
     with open(run.metrics_path, "a") as f:
         f.write('{"step": 400, "charts/SP')  # a crash mid-write
+    # TensorBoard reads event files in name order and names carry whole seconds, then a
+    # per-process counter that sorts as text ("10" < "9"): a resume in the same second as the
+    # first writer could be read first. Real resumes are new processes, later; wait as they do.
+    first = max(int(p.name.split(".")[3]) for p in run.tb.glob("events.out.tfevents.*"))
+    while int(time.time()) <= first:
+        time.sleep(0.05)
 
     # Resume from the checkpoint at step 200: rows at/after 200 are dropped and TB purges them.
     with Logger(run, purge_step=200) as log:
