@@ -289,7 +289,7 @@ def test_plain_train_defaults_to_the_cpu_preset_and_flags_still_win():
 
 
 def _cloned(stage: str) -> list[str]:
-    """The flags of a model cloned from its stage's committed demo (models/ppo-1-3, ppo-2-1)."""
+    """The flags of a model cloned from its stage's committed demo (models/ppo-1-3, ppo-2-1, ...)."""
     flags = f"--stages {stage} --demos demos/{stage}.json --demo-starts 0.5 --demo-bc 1"
     return (flags + " --stop-at-clear-rate 0.9").split()
 
@@ -307,6 +307,8 @@ def _cloned(stage: str) -> list[str]:
         ("cpu-1-1", "ppo-6-1", ["--stages", "6-1"]),
         ("cpu-1-1", "ppo-1-3", _cloned("1-3")),
         ("cpu-1-1", "ppo-2-1", _cloned("2-1")),
+        ("cpu-1-1", "ppo-3-2", _cloned("3-2")),
+        ("cpu-1-1", "ppo-4-2", _cloned("4-2")),
     ],
 )
 def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra):
