@@ -270,3 +270,16 @@ def test_a_resume_checks_teachers_against_the_runs_own_stages(
     assert meta["global_step"] == 192 and meta["config"]["teachers"] == f"1-2={teacher}"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "losses/teacher_kl" in r] == [128, 192]
+
+
+def test_the_cpu_many_preset_names_teachers_that_can_teach_it(monkeypatch):
+    """The preset's teachers are paths in the repository: each exists and fits its runs."""
+    from mario_rl.cli import build_parser, train_job
+    from mario_rl.envs import ACTION_SETS
+
+    monkeypatch.chdir(Path(__file__).parents[1])
+    job = train_job(build_parser().parse_args(["train", "--preset", "cpu-many"]))
+    obs = (job.env.frame_stack, job.env.size, job.env.size)
+    teachers = load_teachers(job.ppo.teachers, job.env, obs, len(ACTION_SETS[job.env.actions]))
+    assert teachers is not None
+    assert len(teachers.models) == len(job.env.stages.split(","))

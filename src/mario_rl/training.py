@@ -31,7 +31,7 @@ from .envs import EnvConfig, make_vector_env, parse_stages
 from .envs.actions import action_meanings
 from .envs.demos import demo_pairs, demo_paths
 from .errors import one_line
-from .io.checkpoint import load_checkpoint, strip_prefix
+from .io.checkpoint import load_checkpoint, policy_weights
 from .models import ModelSpec, build_model, model_spec
 from .parallel.collective import LOCAL, Collective
 from .rl.stats import episode_metrics
@@ -95,9 +95,7 @@ def _initial_weights(job: Any, cfg: Any) -> dict[str, Any] | None:
     need = model_spec(cfg, (env.frame_stack, env.size, env.size), len(action_meanings(env.actions)))
     try:
         need.check_compatible(ModelSpec.from_dict(meta.get("model_spec") or {}))
-        weights = strip_prefix(
-            {k: v for k, v in tensors.items() if k.startswith("model.")}, "model."
-        )
+        weights = policy_weights(tensors)
         build_model(need).load_state_dict(weights, strict=True)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         first = " ".join(str(e).split())[:300] or type(e).__name__

@@ -146,6 +146,8 @@ class PPO:
         self.collector = Collector(
             cfg, envs, self.model, self._new_rollout, cfg.batch_size * collective.world_size
         )
+        self.ema: dict[str, Tensor] | None = None
+        """The weight average the run plays with (``cfg.ema_decay``), begun at the first update."""
         self.teachers: Teachers | None = None
         """Kickstarting teachers by stage (``cfg.teachers``, set by the caller: :meth:`set_teachers`)."""
         self.demo_obs: Tensor | None = None
@@ -397,6 +399,8 @@ class PPO:
             if stop:
                 break
         self.update += 1
+        if cfg.ema_decay > 0:
+            self._update_ema()
 
         means = {k: float(v) / n_mb for k, v in sums.items()}
         metrics = {
@@ -424,6 +428,21 @@ class PPO:
         # The subclasses' own loss terms (the LSTM penalty; RND's predictor and intrinsic value).
         metrics |= {f"losses/{k}": v for k, v in means.items() if k not in _REPORTED}
         return metrics
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Move the weight average toward the weights this update left (ranks agree: their
+        weights do)."""
+        now = self.model.state_dict()
+        if self.ema is None:
+            self.ema = {k: v.detach().clone() for k, v in now.items()}
+            return
+        for k, v in now.items():
+            avg = self.ema[k]
+            if avg.is_floating_point():
+                avg.lerp_(v, 1.0 - self.cfg.ema_decay)
+            else:
+                avg.copy_(v)
 
     def _minibatches(self) -> Iterator[Tensor]:
         """One epoch's minibatches: shuffled sample indices into the flattened batch."""
@@ -482,6 +501,8 @@ class PPO:
         while a rollout is in flight, so they only matter for an exact resume in sync mode.
         """
         tensors = prefixed(self.model.state_dict(), "model.")
+        if self.ema is not None:
+            tensors |= prefixed(self.ema, "ema.")
         opt_tensors, opt_meta = optimizer_state_tensors(self.optimizer, "optim.")
         tensors |= opt_tensors
         tensors |= self.collector.state_dict()
@@ -540,6 +561,14 @@ class PPO:
         self.model.spec.check_compatible(ModelSpec.from_dict(meta["model_spec"]))
         self.collector.wait()
         self.model.load_state_dict(strip_prefix(tensors, "model."))
+        # A leg that turns the average on starts it from the weights it resumes.
+        ema = strip_prefix(tensors, "ema.") if self.cfg.ema_decay > 0 else {}
+        self.ema = None
+        if ema:
+            now = self.model.state_dict()
+            if set(ema) != set(now) or any(ema[k].shape != v.shape for k, v in now.items()):
+                raise RuntimeError("its weight average (ema.*) does not fit the model's weights")
+            self.ema = {k: v.clone().to(now[k].dtype) for k, v in ema.items()}
         load_optimizer_state(self.optimizer, tensors, meta["optimizer"])
         self.gen.set_state(tensors["rng.generator"].clone())
         torch.set_rng_state(tensors["rng.torch"].clone())

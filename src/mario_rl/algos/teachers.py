@@ -22,7 +22,7 @@ from torch import Tensor
 from mario_rl.config.ppo import parse_teachers
 from mario_rl.envs import EnvConfig
 from mario_rl.envs.stages import STAGES, parse_stages
-from mario_rl.io.checkpoint import load_checkpoint, strip_prefix
+from mario_rl.io.checkpoint import load_checkpoint, policy_weights
 from mario_rl.models import ActorCritic, ModelSpec
 
 __all__ = ["Teachers", "load_teachers", "parse_teachers", "teacher_kl"]
@@ -101,7 +101,7 @@ def load_teachers(
             raise ValueError(f"--teachers: {path} cannot teach this run: {why}")
         model = ActorCritic(spec_t)
         try:
-            model.load_state_dict(strip_prefix(tensors, "model."), strict=True)
+            model.load_state_dict(policy_weights(tensors), strict=True)
         except RuntimeError as e:
             first = " ".join(str(e).split())[:200]
             raise ValueError(f"--teachers: {path}: weights do not fit its spec ({first})") from None

@@ -41,12 +41,14 @@ RESUME_GUIDANCE_FIELDS = frozenset(
         "demo_bc_batch",
         "lr",
         "curriculum_floor",
+        "ema_decay",
     }
 )
 """Options a resumed run may also change: the kickstarting teachers, the weight of demo
-cloning, the learning rate and how far the curriculum may turn away from stages it clears, so
-that a run going on across sessions takes in the teachers trained since, eases off the demos
-(they guide the model, they are not in it) and can be steadied when it forgets. The stages it
+cloning, the learning rate, how far the curriculum may turn away from stages it clears and the
+weight average it plays with, so that a run going on across sessions takes in the teachers
+trained since, eases off the demos (they guide the model, they are not in it) and can be
+steadied when it forgets. The stages it
 trains on (``--stages``) may change too: a long run takes in stages as their teachers come."""
 
 

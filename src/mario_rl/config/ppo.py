@@ -141,6 +141,12 @@ class PPOConfig:
     """Demo pairs drawn for each minibatch's behaviour-cloning term."""
     demo_bc_steps: int = 0
     """Agent steps over which demo_bc decays linearly to 0 (0: it never decays)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the network's weights, updated after every PPO
+    update (weight * decay + new * (1 - decay); 0.95 averages about the last 20 updates), and
+    play with it: checkpoints store it beside the trained weights, and evaluations, export,
+    teachers and --init-from use it, while training goes on from the trained weights. It steadies
+    a policy whose greedy evaluations swing from one checkpoint to the next. 0 = off."""
     network: Literal["nature", "small", "impala"] = "small"
     """Encoder: 'small' (16-32-32 convs + 256 features, ~2.5x faster to train than Nature on CPU),
     'nature' (the DQN Nature CNN, 512 features) or 'impala' (IMPALA ResNet 16-32-32; slow on CPU)."""
@@ -265,6 +271,10 @@ class PPOConfig:
             raise ValueError(
                 f"--demo-bc works with --algo ppo or ppo-rnd, not {self.algo}"
                 " (its samples are single steps, a recurrent model's are sequences)"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(
+                f"ema_decay must be in [0, 1) (0: off; 0.95 averages ~20 updates), got {self.ema_decay}"
             )
         if self.demo_bc_batch < 1:
             raise ValueError(f"demo_bc_batch must be a positive integer, got {self.demo_bc_batch}")

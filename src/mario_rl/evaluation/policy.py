@@ -11,7 +11,13 @@ import torch
 
 from ..devices import set_threads
 from ..envs import EnvConfig, action_meanings
-from ..io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, strip_prefix
+from ..io.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    policy_weights,
+    prefixed,
+    save_checkpoint,
+)
 from ..models import ActorCritic, ModelSpec
 from ..rl.actions import policy_act
 from .evaluate import Policy, evaluate, summarise
@@ -65,7 +71,7 @@ def load_policy(
         env_config.validate()
         _check_fits(spec, env_config)
         model = ActorCritic(spec)
-        model.load_state_dict(strip_prefix(tensors, "model."), strict=True)
+        model.load_state_dict(policy_weights(tensors), strict=True)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         # torch's load errors span lines and name the keys only after the first one.
         first = " ".join(str(e).split())[:300] or type(e).__name__
@@ -87,7 +93,8 @@ def export_policy(
     policy (CheckpointError otherwise). Returns (the path written, its weights' bytes)."""
     load_policy(src)  # refuses anything that would not play
     tensors, meta = load_checkpoint(src)
-    weights = {k: v for k, v in tensors.items() if k.startswith("model.")}
+    # The network it plays with (a weight average where the run kept one), as plain weights.
+    weights = prefixed(policy_weights(tensors), "model.")
     kept = {k: v for k, v in meta.items() if k != "checkpoint"}
     kept["optimizer"] = None
     if note:

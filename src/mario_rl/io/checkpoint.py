@@ -68,6 +68,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "load_checkpoint",
+    "policy_weights",
     "prefixed",
     "promote_checkpoint",
     "read_meta",
@@ -289,3 +290,11 @@ def prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torc
 def strip_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors whose names start with ``prefix``, with the prefix removed."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def policy_weights(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network a checkpoint plays with: its weight average (``ema.``, a run trained with
+    ``--ema-decay``) where it has one, else the trained weights (``model.``); prefix removed.
+    Training resumes from ``model.``; evaluation, export, teachers and ``--init-from`` use this."""
+    ema = strip_prefix(tensors, "ema.")
+    return ema if ema else strip_prefix(tensors, "model.")
