@@ -84,6 +84,10 @@ def test_a_run_with_an_average_plays_it_exports_it_and_resumes_from_its_weights(
     exported, _ = load_checkpoint(out)
     assert set(exported) == {f"model.{k}" for k in average}
     assert all(torch.equal(exported[f"model.{k}"], v) for k, v in average.items())
+    raw = tmp_path / "raw"
+    assert main(["export", "--checkpoint", str(final), "--out", str(raw), "--trained"]) == 0
+    exported, _ = load_checkpoint(raw)
+    assert all(torch.equal(exported[f"model.{k}"], v) for k, v in trained.items())
 
     # A leg may turn it off: the trained weights go on, and its checkpoints carry no average.
     assert main(["train", "--run-dir", str(run), "--resume", "--total-steps", "192",

@@ -75,6 +75,11 @@ def add_parsers(sub: Any) -> None:
         "--out", required=True, metavar="DIR", help="a new directory (e.g. models/NAME)"
     )
     ex.add_argument("--note", default="", help="a line on what it is and how it was trained")
+    ex.add_argument(
+        "--trained",
+        action="store_true",
+        help="the trained weights, not the weight average of a run with --ema-decay (to compare)",
+    )
 
     pl = sub.add_parser("plot", help="PNG training curves of a run, or the stage map of an eval")
     pl.add_argument("source", metavar="RUN_DIR|EVAL.json", help="a run directory or eval JSON")
@@ -269,7 +274,7 @@ def _export(ns: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise UsageError(f"--out: directory {out.parent} does not exist")
     try:
-        path, size = export_policy(ns.checkpoint, out, ns.note)
+        path, size = export_policy(ns.checkpoint, out, ns.note, trained=ns.trained)
     except CheckpointError as e:
         raise UsageError(str(e)) from None
     print(f"wrote {path} (weights {size / 1e6:.2f} MB)")

@@ -17,6 +17,7 @@ from ..io.checkpoint import (
     policy_weights,
     prefixed,
     save_checkpoint,
+    strip_prefix,
 )
 from ..models import ActorCritic, ModelSpec
 from ..rl.actions import policy_act
@@ -84,17 +85,20 @@ def load_policy(
 
 
 def export_policy(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], note: str = ""
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], note: str = "", trained: bool = False
 ) -> tuple[Path, int]:
     """Write the policy of checkpoint ``src`` as a small checkpoint at ``dst``: the network's
     weights only (no optimizer, RND or other training state), its model and env records, the
     training job and counters, and ``note``. It plays, evaluates, teaches (``--teachers``) and
-    starts runs (``--init-from``) like the original; it cannot be resumed. ``src`` must load as a
-    policy (CheckpointError otherwise). Returns (the path written, its weights' bytes)."""
+    starts runs (``--init-from``) like the original; it cannot be resumed. The network is the one
+    ``src`` plays with (its weight average where it has one), or with ``trained`` its trained
+    weights. ``src`` must load as a policy (CheckpointError otherwise). Returns (the path
+    written, its weights' bytes)."""
     load_policy(src)  # refuses anything that would not play
     tensors, meta = load_checkpoint(src)
     # The network it plays with (a weight average where the run kept one), as plain weights.
-    weights = prefixed(policy_weights(tensors), "model.")
+    chosen = strip_prefix(tensors, "model.") if trained else policy_weights(tensors)
+    weights = prefixed(chosen, "model.")
     kept = {k: v for k, v in meta.items() if k != "checkpoint"}
     kept["optimizer"] = None
     if note:
