@@ -339,7 +339,9 @@ def test_cpu_presets_are_the_recipes_of_the_shipped_models(preset, model, extra)
         "demo_bc",
         "demo_bc_batch",
         "demo_bc_steps",
+        "ema_decay",
     }
+    assert not job.ppo.ema_decay
     if "demo_bc" not in meta["config"]:
         assert not job.ppo.demo_bc
     assert_env_recipe(job.env.to_dict(), meta["env_config"])

@@ -94,6 +94,10 @@ class Distributed:
         )
         return cls(launch.rank, launch.local_rank, launch.world_size)
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        tdist.barrier()
+
     def close(self) -> None:
         """Leave the process group."""
         if tdist.is_initialized():
@@ -232,5 +236,8 @@ def from_env(timeout_s: float = 1800.0) -> Iterator[Distributed | None]:
     dist = Distributed.init(launch, timeout_s)
     try:
         yield dist
+        # Leave together: a rank that tears down its gloo pairs while a peer's are still open
+        # can make that peer's I/O thread abort the process at exit (seen ~1 in 5 resumes).
+        dist.barrier()
     finally:
         dist.close()
