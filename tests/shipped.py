@@ -7,6 +7,7 @@ ENV_OPTIONS_ADDED = {
     "progress_cells": False,
     "demos": "",
     "demo_starts": 0.0,
+    "jump_unblock": False,
 }
 
 

@@ -52,6 +52,17 @@ def test_the_committed_1_3_demo_replays_to_the_flag_with_a_state_per_step() -> N
     group.close()
 
 
+def test_a_run_with_jump_unblock_starts_from_the_routes_found_without_it() -> None:
+    from mario_rl.envs import demos
+
+    unblock = dataclasses.replace(CFG, jump_unblock=True)
+    demos._REPLAYED.clear()
+    stage, states = demo_states(str(DEMO_1_3), unblock)
+    _, plain = demo_states(str(DEMO_1_3), CFG)
+    assert stage == "1-3" and len(states) == len(plain) > 0
+    assert demos._play_config(unblock, "1-3").jump_unblock is False
+
+
 def test_a_demo_that_stops_short_or_dies_is_refused(tmp_path: Path) -> None:
     demo = load_demo(DEMO_1_3)
     short = dataclasses.replace(demo, steps=demo.steps[:40])

@@ -397,3 +397,27 @@ def test_jump_repress_makes_a_held_jump_jump_again(repress):
         airborne = now
     env.close()
     assert (takeoffs > 3) if repress else (takeoffs == 1)
+
+
+@pytest.mark.parametrize("unblock", [False, True])
+def test_jump_unblock_jumps_again_only_where_mario_is_blocked(unblock):
+    # Walk to past the first goomba, then hold right+A: the first jump lands short of the first
+    # pipe (x ~435). Without the rule Mario stands against it holding A for good; with it he
+    # jumps again there, and only there (not on landing while he still runs).
+    env = MarioEnv(EnvConfig(actions="right-only", noop_max=0, jump_unblock=unblock))
+    env.reset(seed=0)
+    ram, ep = env.group.emu.rams[0], lambda: env.group.episodes[0]
+    takeoff_x, airborne, x_max = [], False, 0
+    for t in range(110):
+        env.step(1 if t < 24 else 2)  # right, then right+A
+        now = ram[0x1D] == 1
+        if now and not airborne:
+            takeoff_x.append(ep().x)
+        airborne = now
+        x_max = max(x_max, ep().x)
+    env.close()
+    if unblock:
+        assert len(takeoff_x) >= 2 and x_max > 500  # over the pipe
+        assert all(x > 400 for x in takeoff_x[1:])  # the new jumps start at the pipe
+    else:
+        assert len(takeoff_x) == 1 and 420 < x_max < 440

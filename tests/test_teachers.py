@@ -233,23 +233,26 @@ def test_a_resumed_run_may_take_in_new_teachers(teacher: Path, tmp_path: Path) -
 def test_a_resumed_run_may_take_in_stages_and_steady_its_pace(
     teacher: Path, tmp_path: Path
 ) -> None:
-    """A leg may add a stage (with its teacher), lower the learning rate and flatten the
-    curriculum; a later plain resume keeps what the last leg set."""
+    """A leg may add a stage (with its teacher), lower the learning rate, flatten the
+    curriculum and take on the jump-unblock rule; a later plain resume keeps what the last leg
+    set."""
     run = tmp_path / "run"
     base = ["train", *SMALL, "--curriculum", "--run-dir", str(run)]
     assert main([*base, "--stages", "1-2,1-3", "--total-steps", "64"]) == 0
     resume = ["train", "--run-dir", str(run), "--resume"]
     leg = ["--stages", "1-1,1-2,1-3", "--teachers", f"1-1={teacher}", "--lr", "1e-4"]
-    assert main([*resume, "--total-steps", "128", *leg, "--curriculum-floor", "1"]) == 0
+    leg += ["--curriculum-floor", "1", "--jump-unblock"]
+    assert main([*resume, "--total-steps", "128", *leg]) == 0
     assert main([*resume, "--total-steps", "192"]) == 0
     _, meta = load_checkpoint(run / "checkpoints" / "final")
     assert meta["global_step"] == 192
     cfg = meta["config"]
     assert (cfg["lr"], cfg["curriculum_floor"], cfg["teachers"]) == (1e-4, 1.0, f"1-1={teacher}")
-    assert meta["env_config"]["stages"] == "1-1,1-2,1-3"
+    assert meta["env_config"]["stages"] == "1-1,1-2,1-3" and meta["env_config"]["jump_unblock"]
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["charts/lr"] for r in rows if "charts/lr" in r][-1] == pytest.approx(1e-4)
-    assert json.loads((run / "config.json").read_text())["env"]["stages"] == "1-2,1-3"
+    first = json.loads((run / "config.json").read_text())["env"]
+    assert first["stages"] == "1-2,1-3" and not first["jump_unblock"]
 
 
 def test_a_resume_checks_teachers_against_the_runs_own_stages(

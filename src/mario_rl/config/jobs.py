@@ -48,8 +48,12 @@ RESUME_GUIDANCE_FIELDS = frozenset(
 cloning, the learning rate, how far the curriculum may turn away from stages it clears and the
 weight average it plays with, so that a run going on across sessions takes in the teachers
 trained since, eases off the demos (they guide the model, they are not in it) and can be
-steadied when it forgets. The stages it
-trains on (``--stages``) may change too: a long run takes in stages as their teachers come."""
+steadied when it forgets. Of the env options, :data:`RESUME_ENV_GUIDANCE_FIELDS` may change too."""
+
+RESUME_ENV_GUIDANCE_FIELDS = ("stages", "jump_unblock")
+"""Env options a resumed PPO run may change: the stages it trains on (a long run takes in stages
+as their teachers come) and ``jump_unblock`` (a rule that only differs where a held A would
+stall, so a run may take it on midway)."""
 
 
 def with_last_guidance(
@@ -65,8 +69,9 @@ def with_last_guidance(
         if name not in algo and name in recorded:
             algo[name] = recorded[name]
     env = out.setdefault("env", {})
-    if "stages" not in env and "stages" in (last.get("env") or {}) and "ppo" in last:
-        env["stages"] = last["env"]["stages"]
+    for name in RESUME_ENV_GUIDANCE_FIELDS:
+        if name not in env and name in (last.get("env") or {}) and "ppo" in last:
+            env[name] = last["env"][name]
     return out
 
 
@@ -119,6 +124,8 @@ def _saved(
             env.emulator = value
         elif name == "stages" and algo != "a3g":
             env.stages = parse_stages(str(value)).spec  # the teachers are checked against it
+        elif name == "jump_unblock" and algo != "a3g":
+            env.jump_unblock = bool(value)
         elif name == "stages":
             _refuse_change(path, name, parse_stages(str(value)).spec, env.stages)
         else:

@@ -96,6 +96,12 @@ class EnvConfig:
     """Make a jump action jump whenever Mario can: when the previous action held A too and Mario
     stands (or swims), A is released for the step's first frame. Without it, holding A across
     a landing does nothing (the NES wants a new press), which the frame stack cannot show."""
+    jump_unblock: bool = False
+    """The narrow form of ``jump_repress``: A is released for the step's first frame only when the
+    previous action held A too, Mario stands, and the last step left his x where it was (he is
+    blocked, as against a stair or a pipe). That is the one place a held A is a trap for a greedy
+    policy (it stands still forever); a held A elsewhere keeps its meaning, so a model trained
+    without the rule plays the same with it except where it would stall."""
     progress_starts: float = 0.0
     """Training aid: the chance that an episode starts from a state an earlier episode of the
     same env group reached on that stage (a few kept per 256 px of x) instead of the stage's

@@ -122,6 +122,8 @@ class EmulatorGroup:
                 self.demo_states[stage] = self.demo_states.get(stage, []) + states
         self.prev_buttons = np.zeros(n, np.uint8)
         """Buttons of each env's last step (for ``jump_repress``)."""
+        self.last_x: list[int] = [-1] * n
+        """Each env's x when its last step began (for ``jump_unblock``; -1 after a reset)."""
         self.frames = 0
         """Emulated frames so far (including fast-forwarded cut-scenes and no-op starts)."""
         self.keep_final_rgb = False
@@ -210,6 +212,7 @@ class EmulatorGroup:
             self.frames += k
         self._fast_forward(i)
         self.prev_buttons[i] = 0
+        self.last_x[i] = -1
         ep = self.rules[i].start(self.emu.rams[i].tobytes())
         if i < len(self.episodes):
             self.episodes[i] = ep
@@ -286,7 +289,7 @@ class EmulatorGroup:
                 f"({self.cfg.actions} action set), got {actions.tolist()}"
             )
         buttons = self.action_map[actions.astype(np.int64)]
-        first = self._repress(buttons) if cfg.jump_repress else buttons
+        first = self._repress(buttons) if cfg.jump_repress or cfg.jump_unblock else buttons
         skip = cfg.frame_skip
         pool = cfg.max_pool and skip > 1
         self.emu.step(
@@ -354,15 +357,22 @@ class EmulatorGroup:
 
     def _repress(self, buttons: np.ndarray) -> np.ndarray:
         """First-frame buttons: A released where it is still held from the last step and Mario
-        could jump (standing or swimming), so that the step's A is a new press."""
+        could jump (standing or swimming; with only ``jump_unblock``, standing where the last
+        step left him), so that the step's A is a new press."""
         held = np.flatnonzero(buttons & self.prev_buttons & BUTTONS["A"])
         self.prev_buttons = buttons
+        xs = [ep.x for ep in self.episodes]
+        last_x, self.last_x = self.last_x, xs
         if not len(held):
             return buttons
         first = buttons.copy()
         for i in held:
             ram = self.emu.rams[i]
-            if ram[FLOAT_STATE] == 0 or ram[SWIMMING]:
+            if self.cfg.jump_repress:
+                press = ram[FLOAT_STATE] == 0 or ram[SWIMMING]
+            else:
+                press = ram[FLOAT_STATE] == 0 and xs[i] == last_x[i]
+            if press:
                 first[i] &= ~BUTTONS["A"] & 0xFF
         return first
 

@@ -124,9 +124,12 @@ def demo_paths(spec: str, stages: str = "all") -> list[str]:
 
 def _play_config(cfg: EnvConfig, stage: str) -> EnvConfig:
     """``cfg`` for playing one stage from its very start, with only death and the flag ending
-    the run (the route is what matters, not the training run's time or stall limits)."""
+    the run (the route is what matters, not the training run's time or stall limits). Routes are
+    found and replayed without ``jump_unblock``, so one route serves runs with and without it:
+    it is only the states along the route that a run starts from."""
     return dataclasses.replace(
         cfg,
+        jump_unblock=False,
         stages=stage,
         noop_max=0,
         progress_starts=0.0,
