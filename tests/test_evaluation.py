@@ -136,6 +136,24 @@ def test_whole_game_run_lists_stages_cleared_and_where_it_ended():
     assert summarise({"game": StageReport([result])}) == table
 
 
+def test_whole_game_times_a_stage_from_its_own_clock_not_the_last_ones():
+    one_two = STAGES.index("1-2")
+    infos = [
+        {},  # reset: 1-1, clock 400
+        {"x_max": 3165, "time": 390, "flag_get": True},
+        {"stage": one_two, "time": 0},  # 1-2 already, the clock still 1-1's (tallied)
+        {"stage": one_two, "time": 400},
+        {"stage": one_two, "x_max": 3000, "time": 380, "flag_get": True},
+        {"stage": one_two + 1, "time": 300},
+    ]
+    episode = {"stage": one_two + 1, "x_max": 50, "x_end": 50, "reason": "game_over", "l": 6,
+               "time_left": 300, "stages_cleared": 2, "r": 1.0}  # fmt: skip
+    (result,) = _play_chunk(ScriptedEnv(infos, episode), always(0), 0, None)
+    table = game_table(StageReport([result]))
+    assert table["1-1"]["mean_game_time_to_flag"] == 10
+    assert table["1-2"]["mean_game_time_to_flag"] == 20
+
+
 def test_flag_on_the_last_step_counts_steps_and_in_game_time():
     infos = [{}, {"x_max": 1500, "time": 330}]
     episode = {"stage": 0, "x_max": 3166, "x_end": 3166, "reason": "flag", "l": 2,

@@ -302,6 +302,10 @@ def _track(
         if not path or path[-1].stage != stage:
             _enter(path, stage, int(info["time"][i]))
         visit = path[-1]
+        # The stage number can change a frame before the clock is set for the new stage (still
+        # the last one's, tallied down): the clock only runs down inside a stage, so its
+        # starting value is the highest seen.
+        visit.clock_start = max(visit.clock_start, int(info["time"][i]))
         visit.steps += step
         visit.x_max = max(visit.x_max, int(info["x_max"][i]))
         visit.x_end = int(info["x_pos"][i])
