@@ -286,3 +286,20 @@ def test_the_cpu_many_preset_names_teachers_that_can_teach_it(monkeypatch):
     teachers = load_teachers(job.ppo.teachers, job.env, obs, len(ACTION_SETS[job.env.actions]))
     assert teachers is not None
     assert len(teachers.models) == len(job.env.stages.split(","))
+
+
+def test_the_cpu_many_preset_is_the_recipe_of_the_shipped_many_stage_model(monkeypatch):
+    """models/ppo-many's last leg trained with the preset's settings (the budget and one core's
+    threads aside), --jump-unblock included."""
+    from mario_rl.cli import build_parser, train_job
+    from mario_rl.io.checkpoint import load_checkpoint
+
+    monkeypatch.chdir(Path(__file__).parents[1])
+    job = train_job(build_parser().parse_args(["train", "--preset", "cpu-many"]))
+    _, meta = load_checkpoint("models/ppo-many")
+    skip = {"torch_threads", "total_steps"}
+    now = job.ppo.to_dict()
+    assert {k: v for k, v in meta["config"].items() if k not in skip} == {
+        k: now[k] for k in meta["config"] if k not in skip
+    }
+    assert meta["env_config"] == job.env.to_dict() and job.env.jump_unblock
